@@ -1,19 +1,19 @@
 """The exception tree. Callers catch by meaning, not by module:
 
-    ContentSyncError
-    ├── SettingsError            settings.yaml / environment rejected (exit 2)
-    ├── TransientError           worth retrying: the same call may succeed later
-    │   ├── FeedUnavailable      feed 429 / 5xx / timeout / connection reset (carries retry_after)
-    │   ├── StoreUnavailable     OpenSearch unreachable, 429 or 5xx
-    │   └── NotifyUnavailable    Command Manager unreachable or 5xx
-    ├── FeedError                the feed answered something we refuse
-    │   ├── BadFeedAnswer        malformed body, missing fields, impossible offsets
-    │   └── DisallowedHost       a link or redirect to a host the operator did not allow
-    ├── SnapshotError            the archive is corrupt, truncated, too large or not as expected
-    ├── DriftError               a change does not apply: the local copy drifted from the feed
-    ├── StoreError               OpenSearch refused a write (not a transient rejection)
-    ├── NotifyError              the Command Manager refused the command (4xx)
-    └── LeaseHeldError           another writer holds this feed
+ContentSyncError
+├── SettingsError            settings.yaml / environment rejected (exit 2)
+├── TransientError           worth retrying: the same call may succeed later
+│   ├── FeedUnavailable      feed 429 / 5xx / timeout / connection reset (carries retry_after)
+│   ├── StoreUnavailable     OpenSearch unreachable, 429 or 5xx
+│   └── NotifyUnavailable    Command Manager unreachable or 5xx
+├── FeedError                the feed answered something we refuse
+│   ├── BadFeedAnswer        malformed body, missing fields, impossible offsets
+│   └── DisallowedHost       a link or redirect to a host the operator did not allow
+├── SnapshotError            the archive is corrupt, truncated, too large or not as expected
+├── DriftError               a change does not apply: the local copy drifted from the feed
+├── StoreError               OpenSearch refused a write (not a transient rejection)
+├── NotifyError              the Command Manager refused the command (4xx)
+└── LeaseHeldError           another writer holds this feed
 """
 
 from __future__ import annotations

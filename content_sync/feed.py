@@ -1,0 +1,343 @@
+"""The CTI client: consumer info, change windows, snapshot download.
+
+Every answer is validated against the contract (../shared/docs/cti-api.md) before anyone acts on
+it: a malformed answer is a BadFeedAnswer, never silently "offset 0". Transient trouble (429,
+5xx, resets, timeouts) becomes FeedUnavailable, which the shared RetryPolicy retries.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import quote, urlsplit
+
+import httpx
+
+from content_sync import __version__
+from content_sync.errors import BadFeedAnswer, DisallowedHost, FeedUnavailable, SnapshotError
+from content_sync.retry import RetryPolicy, parse_retry_after
+from content_sync.settings import MAX_WINDOW, CTISettings
+
+__all__ = ["Change", "ConsumerInfo", "FeedClient", "user_agent"]
+
+log = logging.getLogger(__name__)
+
+ChangeType = Literal["create", "update", "delete"]
+# The feed's JSON answers are small (a window of 1000 changes is a few MB); refuse absurd ones.
+MAX_ANSWER_BYTES = 256 * 1024 * 1024
+
+
+def user_agent() -> str:
+    return f"content-sync/{__version__}"
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerInfo:
+    last_offset: int
+    snapshot_link: str | None
+    snapshot_offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    offset: int
+    type: ChangeType
+    resource: str
+    version: int
+    payload: dict[str, Any] | None = None
+    operations: list[dict[str, Any]] | None = None
+
+
+def _offset(value: object, what: str) -> int:
+    # bool is an int in Python; the contract's offsets are plain non-negative integers.
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise BadFeedAnswer(f"{what} is {value!r}, expected a non-negative integer")
+    return value
+
+
+class FeedClient:
+    """Talks to one CTI base URL. Thread-safe for sequential use per feed."""
+
+    def __init__(
+        self,
+        settings: CTISettings,
+        retry: RetryPolicy,
+        *,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self._settings = settings
+        self._retry = retry
+        self._allowed = settings.snapshot_hosts | {urlsplit(settings.base_url).hostname or ""}
+        verify: bool | str = settings.verify_certs
+        if settings.verify_certs and settings.ca_certs is not None:
+            verify = str(settings.ca_certs)
+        self._http = httpx.Client(
+            timeout=httpx.Timeout(settings.timeout, connect=min(settings.timeout, 15.0)),
+            verify=verify,
+            proxy=settings.proxy,
+            headers={"User-Agent": user_agent(), "Accept": "application/json"},
+            follow_redirects=True,
+            transport=transport,
+            event_hooks={"request": [self._check_host]},
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> FeedClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _check_host(self, request: httpx.Request) -> None:
+        # Runs for every request, redirects included, so no hop can leave the allow-list.
+        host = (request.url.host or "").lower()
+        if host not in self._allowed:
+            raise DisallowedHost(
+                f"refusing to fetch {request.url.copy_with(query=None)}: host {host!r} is not in "
+                f"cti.allowed_hosts ({', '.join(sorted(self._allowed))})"
+            )
+
+    def consumer_url(self, context: str, consumer: str) -> str:
+        return (
+            f"{self._settings.base_url}/catalog/contexts/{quote(context, safe='')}"
+            f"/consumers/{quote(consumer, safe='')}"
+        )
+
+    # -- JSON endpoints ------------------------------------------------------------------------
+
+    def _get_json(self, url: str, params: dict[str, str] | None = None) -> Any:
+        def once() -> Any:
+            try:
+                response = self._http.get(url, params=params)
+            except httpx.TimeoutException as exc:
+                raise FeedUnavailable(f"feed timed out: {url}", cause="feed-timeout") from exc
+            except httpx.TransportError as exc:
+                raise FeedUnavailable(
+                    f"feed unreachable: {url}: {exc}", cause="feed-connection"
+                ) from exc
+            _raise_for_status(response, url)
+            if len(response.content) > MAX_ANSWER_BYTES:
+                raise BadFeedAnswer(f"{url}: answer of {len(response.content)} bytes is too large")
+            try:
+                return response.json()
+            except ValueError:
+                raise BadFeedAnswer(f"{url}: answer is not JSON") from None
+
+        return self._retry.call(once)
+
+    def consumer(self, context: str, consumer: str) -> ConsumerInfo:
+        url = self.consumer_url(context, consumer)
+        body = self._get_json(url)
+        data = body.get("data") if isinstance(body, dict) else None
+        if not isinstance(data, dict):
+            raise BadFeedAnswer(f"{url}: answer has no 'data' object")
+        if data.get("last_offset") in (None, ""):
+            raise BadFeedAnswer(f"{url}: answer has no last_offset")
+        last = _offset(data["last_offset"], f"{url}: last_offset")
+        link = data.get("last_snapshot_link") or None
+        if link is not None and not isinstance(link, str):
+            raise BadFeedAnswer(f"{url}: last_snapshot_link is not a string")
+        snap = data.get("last_snapshot_offset")
+        snap_offset = 0 if snap in (None, "") else _offset(snap, f"{url}: last_snapshot_offset")
+        if link is not None and snap_offset > last:
+            raise BadFeedAnswer(
+                f"{url}: last_snapshot_offset {snap_offset} is beyond last_offset {last}"
+            )
+        return ConsumerInfo(last_offset=last, snapshot_link=link, snapshot_offset=snap_offset)
+
+    def changes(
+        self,
+        context: str,
+        consumer: str,
+        from_offset: int,
+        to_offset: int,
+        *,
+        with_empties: bool = True,
+    ) -> list[Change]:
+        """The changes with from < offset <= to, validated and in offset order."""
+        if not 0 <= from_offset < to_offset or to_offset - from_offset > MAX_WINDOW:
+            raise ValueError(f"bad window ({from_offset}, {to_offset}]")
+        url = f"{self.consumer_url(context, consumer)}/changes"
+        params = {
+            "from_offset": str(from_offset),
+            "to_offset": str(to_offset),
+            "with_empties": "true" if with_empties else "false",
+        }
+        body = self._get_json(url, params)
+        data = body.get("data") if isinstance(body, dict) else None
+        if not isinstance(data, list):
+            raise BadFeedAnswer(f"{url}: answer has no 'data' list")
+        where = f"{url} ({from_offset}, {to_offset}]"
+        if len(data) > to_offset - from_offset:
+            raise BadFeedAnswer(f"{where}: {len(data)} changes cannot fit the window")
+        out: list[Change] = []
+        last = from_offset
+        for item in data:
+            change = _parse_change(item, context, where)
+            if not last < change.offset <= to_offset:
+                raise BadFeedAnswer(
+                    f"{where}: change offset {change.offset} is out of order or outside the window"
+                )
+            last = change.offset
+            out.append(change)
+        return out
+
+    # -- snapshot --------------------------------------------------------------------------------
+
+    def download_snapshot(
+        self,
+        link: str,
+        *,
+        temp_dir: Path | None,
+        max_bytes: int,
+        progress: Callable[[int, int | None], None] | None = None,
+    ) -> Path:
+        """Stream the archive to a private temp file; resume with Range after a dropped connection.
+
+        The caller owns (and must delete) the returned file. On failure nothing is left behind.
+        """
+        parts = urlsplit(link)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise BadFeedAnswer(f"snapshot link {link!r} is not an http(s) URL")
+        fd, name = tempfile.mkstemp(prefix="content-sync-", suffix=".zip", dir=temp_dir)  # 0600
+        path = Path(name)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                self._retry.call(lambda: self._download_once(link, out, max_bytes, progress))
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        return path
+
+    def _download_once(
+        self,
+        link: str,
+        out: Any,
+        max_bytes: int,
+        progress: Callable[[int, int | None], None] | None,
+    ) -> None:
+        have = out.tell()
+        headers = {"Accept": "application/zip, application/octet-stream"}
+        if have:
+            headers["Range"] = f"bytes={have}-"
+        try:
+            with self._http.stream("GET", link, headers=headers) as response:
+                _raise_for_status(response, link)
+                total = _expected_total(response, have, link)
+                if response.status_code == 200 and have:
+                    # The server ignored our Range: start again from the first byte.
+                    log.info("snapshot server does not resume; restarting the download")
+                    out.seek(0)
+                    out.truncate()
+                    have = 0
+                if total is not None and total > max_bytes:
+                    raise SnapshotError(
+                        f"snapshot {link} is {total} bytes, "
+                        f"over sync.max_archive_bytes ({max_bytes})"
+                    )
+                for chunk in response.iter_bytes():  # as received: a drop loses nothing
+                    out.write(chunk)
+                    have += len(chunk)
+                    if have > max_bytes:
+                        raise SnapshotError(
+                            f"snapshot {link} exceeds sync.max_archive_bytes ({max_bytes})"
+                        )
+                    if progress is not None:
+                        progress(have, total)
+                if total is not None and have != total:
+                    raise FeedUnavailable(
+                        f"snapshot download ended at {have} of {total} bytes",
+                        cause="feed-connection",
+                    )
+        except httpx.TimeoutException as exc:
+            out.flush()
+            raise FeedUnavailable(
+                f"snapshot download timed out at {have} bytes", cause="feed-timeout"
+            ) from exc
+        except httpx.TransportError as exc:
+            out.flush()
+            raise FeedUnavailable(
+                f"snapshot download interrupted at {have} bytes: {exc}", cause="feed-connection"
+            ) from exc
+        out.flush()
+
+
+def _expected_total(response: httpx.Response, have: int, link: str) -> int | None:
+    """Total archive size from Content-Range/Content-Length; checks a 206 resumes where we are."""
+    if response.status_code == 206:
+        value = response.headers.get("Content-Range", "")
+        try:
+            span, _, size = value.removeprefix("bytes ").partition("/")
+            start = int(span.split("-")[0])
+        except ValueError:
+            raise BadFeedAnswer(f"{link}: unusable Content-Range {value!r}") from None
+        if start != have:
+            raise BadFeedAnswer(f"{link}: resumed at byte {start}, expected {have}")
+        return int(size) if size.isdigit() else None
+    length = response.headers.get("Content-Length")
+    return int(length) if length and length.isdigit() else None
+
+
+def _raise_for_status(response: httpx.Response, url: str) -> None:
+    status = response.status_code
+    if status < 300:
+        return
+    if status == 429 or status >= 500:
+        retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        cause = "feed-429" if status == 429 else "feed-5xx"
+        raise FeedUnavailable(
+            f"feed answered {status} for {url}", retry_after=retry_after, cause=cause
+        )
+    detail = ""
+    with contextlib.suppress(Exception):
+        response.read()
+        detail = f": {response.text[:300]}"
+    raise BadFeedAnswer(f"feed answered {status} for {url}{detail}")
+
+
+def _parse_change(item: object, context: str, where: str) -> Change:
+    if not isinstance(item, dict):
+        raise BadFeedAnswer(f"{where}: a change is not an object")
+    offset = _offset(item.get("offset"), f"{where}: change offset")
+    kind = item.get("type")
+    kind = kind.lower() if isinstance(kind, str) else kind
+    resource = item.get("resource")
+    if not isinstance(resource, str) or not resource:
+        raise BadFeedAnswer(f"{where}: change {offset} has no resource name")
+    if item.get("context") not in (None, context):
+        raise BadFeedAnswer(f"{where}: change {offset} belongs to context {item.get('context')!r}")
+    version = item.get("version", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise BadFeedAnswer(f"{where}: change {offset} has version {version!r}")
+    if kind == "create":
+        payload = item.get("payload")
+        if not isinstance(payload, dict):
+            raise BadFeedAnswer(f"{where}: create {offset} ({resource}) has no payload object")
+        return Change(offset, "create", resource, version, payload=payload)
+    if kind == "update":
+        ops = item.get("operations")
+        if ops is None:
+            ops = []
+        if not isinstance(ops, list) or not all(isinstance(op, dict) for op in ops):
+            raise BadFeedAnswer(f"{where}: update {offset} ({resource}) has no operations list")
+        return Change(offset, "update", resource, version, operations=ops)
+    if kind == "delete":
+        return Change(offset, "delete", resource, version)
+    raise BadFeedAnswer(f"{where}: change {offset} has unknown type {item.get('type')!r}")
+
+
+def iter_windows(start: int, end: int, size: int) -> Iterator[tuple[int, int]]:
+    """(F, T] windows covering (start, end], each at most `size` wide."""
+    low = start
+    while low < end:
+        high = min(low + size, end)
+        yield low, high
+        low = high

@@ -1,0 +1,108 @@
+"""Snapshot archive on disk -> a new physical index, verified, then swapped in atomically.
+
+    archive --SnapshotReader--> resources --Store.write (parallel bulk)--> new index
+        --verify (archive complete, count == lines)--> _aliases swap --> old index deleted
+
+Readers of the alias see the old content until the one atomic swap. If anything fails before it,
+the new index is deleted and the alias is untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from content_sync.errors import ContentSyncError, SnapshotError
+from content_sync.settings import SyncSettings
+from content_sync.snapshot import SnapshotReader
+from content_sync.store import BulkOp, BulkStats, Store
+
+__all__ = ["LoadResult", "load_archive"]
+
+log = logging.getLogger(__name__)
+PROGRESS_EVERY = 5000  # documents between progress callbacks
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    index: str
+    documents: int
+    bytes_read: int
+    member: str
+    seconds: float
+
+
+def remove_orphans(store: Store, alias: str) -> None:
+    """Delete half-built indices a crashed earlier load left behind (never the live one)."""
+    for orphan in store.orphan_indices(alias):
+        log.warning("removing %s, an index of %s left by an interrupted load", orphan, alias)
+        store.delete_index(orphan)
+
+
+def load_archive(
+    store: Store,
+    alias: str,
+    archive: Path,
+    *,
+    limits: SyncSettings,
+    snapshot_offset: int | None,
+    concurrency: int,
+    progress: Callable[[int, int], None] | None = None,
+) -> LoadResult:
+    started = time.monotonic()
+    remove_orphans(store, alias)
+    reader = SnapshotReader(
+        archive,
+        max_uncompressed_bytes=limits.max_uncompressed_bytes,
+        max_line_bytes=limits.max_line_bytes,
+        max_offset=snapshot_offset,
+    )
+    index = store.create_content_index(alias, loading=True)
+    try:
+        stats = BulkStats()
+
+        def ops() -> Iterator[BulkOp]:
+            for n, resource in enumerate(reader, 1):
+                yield ("index", resource.name, resource.source())
+                if progress is not None and n % PROGRESS_EVERY == 0:
+                    progress(n, reader.bytes_read)
+
+        store.write(index, ops(), concurrency=concurrency, stats=stats)
+        if not reader.complete:  # the generator always completes or raises; belt and braces
+            raise SnapshotError(f"{archive}: the archive was not read to its end")
+        if reader.lines == 0:
+            raise SnapshotError(f"{archive}: the snapshot holds no resources")
+        store.finish_load(index)
+        count = store.count(index)
+        if count != reader.lines:
+            raise SnapshotError(
+                f"{archive}: {reader.lines} lines read but {count} documents indexed "
+                "(a resource name appears more than once?)"
+            )
+        if progress is not None:
+            progress(reader.lines, reader.bytes_read)
+        old = store.swap_alias(alias, index)
+    except BaseException:
+        with contextlib.suppress(ContentSyncError):
+            store.delete_index(index)
+        raise
+    for previous in old:
+        try:
+            store.delete_index(previous)
+        except ContentSyncError as exc:  # the content is live; a later load removes the orphan
+            log.warning("could not delete the previous index %s: %s", previous, exc)
+    seconds = time.monotonic() - started
+    log.info(
+        "loaded %d documents (%.1f MB) from %s into %s in %.1f s; alias %s moved",
+        reader.lines,
+        reader.bytes_read / 1e6,
+        reader.member_name,
+        index,
+        seconds,
+        alias,
+    )
+    return LoadResult(index, reader.lines, reader.bytes_read, reader.member_name, seconds)

@@ -1,0 +1,95 @@
+"""The Command Manager notification: tell the vulnerability detector that content moved.
+
+The plugin validates key order (action before target; inside action, name before args) and wants
+args as strings, so the body is built as an ordered dict and sent as-is.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import httpx
+
+from content_sync.errors import NotifyError, NotifyUnavailable
+from content_sync.feed import user_agent
+from content_sync.retry import RetryPolicy
+from content_sync.settings import CommandManagerSettings
+
+__all__ = ["Notifier", "command_body"]
+
+log = logging.getLogger(__name__)
+
+
+def command_body(settings: CommandManagerSettings, *, index: str, offset: int) -> dict[str, Any]:
+    return {
+        "commands": [
+            {
+                "action": {
+                    "name": "update",
+                    "args": {"index": index, "offset": str(offset)},
+                    "version": settings.version,
+                },
+                "source": settings.source,
+                "timeout": settings.command_timeout,
+                "target": {"id": settings.target_id, "type": settings.target_type},
+            }
+        ]
+    }
+
+
+class Notifier:
+    def __init__(
+        self,
+        settings: CommandManagerSettings,
+        retry: RetryPolicy,
+        *,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self._settings = settings
+        self._retry = retry
+        password = settings.password_value()
+        auth = (settings.username, password) if settings.username and password is not None else None
+        verify: bool | str = settings.verify_certs
+        if settings.verify_certs and settings.ca_certs is not None:
+            verify = str(settings.ca_certs)
+        self._http = httpx.Client(
+            timeout=settings.timeout,
+            verify=verify,
+            auth=auth,
+            headers={"User-Agent": user_agent()},
+            transport=transport,
+        )
+
+    @property
+    def enabled(self) -> bool:
+        return self._settings.enabled
+
+    def close(self) -> None:
+        self._http.close()
+
+    def send(self, *, index: str, offset: int) -> None:
+        """POST one update command; raises NotifyUnavailable/NotifyError when not delivered."""
+        body = command_body(self._settings, index=index, offset=offset)
+        url = self._settings.url
+
+        def once() -> None:
+            try:
+                response = self._http.post(url, json=body)
+            except httpx.TransportError as exc:
+                raise NotifyUnavailable(
+                    f"Command Manager unreachable at {url}: {exc}", cause="notify-connection"
+                ) from exc
+            if response.status_code == 429 or response.status_code >= 500:
+                raise NotifyUnavailable(
+                    f"Command Manager answered {response.status_code} at {url}",
+                    cause=f"notify-{response.status_code}",
+                )
+            if response.status_code >= 300:
+                raise NotifyError(
+                    f"Command Manager refused the command at {url}: {response.status_code} "
+                    f"{response.text[:300]}"
+                )
+
+        self._retry.call(once)
+        log.info("notified the Command Manager: %s is at offset %d", index, offset)

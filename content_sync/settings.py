@@ -1,0 +1,307 @@
+"""settings.yaml + environment -> typed, validated settings.
+
+Any key can be overridden as CONTENT_SYNC_<SECTION>__<KEY> (list items by position:
+CONTENT_SYNC_FEEDS__0__INDEX). Environment values are strings; pydantic converts them in lax mode.
+Unknown keys, wrong types and impossible values are rejected with the key's path.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from content_sync.errors import SettingsError
+
+__all__ = [
+    "CTISettings",
+    "CommandManagerSettings",
+    "FeedSettings",
+    "LoggingSettings",
+    "OpenSearchSettings",
+    "RetrySettings",
+    "ScheduleSettings",
+    "Settings",
+    "SyncSettings",
+    "load_settings",
+    "parse_duration",
+]
+
+ENV_PREFIX = "CONTENT_SYNC_"
+GiB = 1024**3
+MAX_WINDOW = 1000  # the feed answers 422 above this many changes per request
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+def parse_duration(value: object) -> float:
+    """'90s', '60m', '1h', '250ms' or a plain number of seconds -> seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 30s, 60m or 1h")
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str) and (m := _DURATION.match(value)):
+        return float(m.group(1)) * _UNIT[m.group(2)]
+    raise ValueError(f"{value!r} is not a duration such as 30s, 60m or 1h")
+
+
+Seconds = Annotated[float, BeforeValidator(parse_duration)]
+
+
+def _comma_list(value: object) -> object:
+    # From the environment a list arrives as "a,b" (or as YAML/JSON "[a, b]").
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            return yaml.safe_load(text)
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return value
+
+
+StrList = Annotated[list[str], BeforeValidator(_comma_list)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _read_secret(value: SecretStr | None, path: Path | None, key: str) -> str | None:
+    if value is not None:
+        return value.get_secret_value()
+    if path is not None:
+        try:
+            return path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise SettingsError(f"{key}_file: cannot read {path}: {exc.strerror}") from None
+    return None
+
+
+class ScheduleSettings(_Section):
+    interval: Seconds | None = Field(default=3600.0, gt=0)
+    cron: str | None = None
+    run_on_start: bool = True
+    # Spread the feeds' start times a little so replicas do not hit the feed in lockstep.
+    jitter: Seconds = Field(default=30.0, ge=0)
+    # A run that starts late (busy process, suspended VM) still runs within this window.
+    misfire_grace_time: Seconds = Field(default=600.0, gt=0)
+
+    @field_validator("cron")
+    @classmethod
+    def _cron_valid(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        from apscheduler.triggers.cron import CronTrigger
+
+        try:
+            CronTrigger.from_crontab(value)
+        except ValueError as exc:
+            raise ValueError(f"not a crontab expression: {exc}") from None
+        return value
+
+
+class CTISettings(_Section):
+    base_url: str = "https://cti.wazuh.com/api/v1"
+    # Hosts the snapshot link (and any redirect) may point at; empty = the API's own host.
+    allowed_hosts: StrList = Field(default_factory=list)
+    timeout: Seconds = Field(default=60.0, gt=0)
+    verify_certs: bool = True
+    ca_certs: Path | None = None
+    proxy: str | None = None
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{value!r} is not an http(s) URL")
+        return value.rstrip("/")
+
+    @property
+    def snapshot_hosts(self) -> frozenset[str]:
+        hosts = self.allowed_hosts or [urlsplit(self.base_url).hostname or ""]
+        return frozenset(h.lower() for h in hosts)
+
+
+class FeedSettings(_Section):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    context: str = Field(min_length=1)
+    consumer: str = Field(min_length=1)
+    index: str = Field(min_length=1, pattern=r"^[a-z0-9][a-z0-9_.-]*$")
+
+    @property
+    def state_id(self) -> str:
+        return f"{self.context}_{self.consumer}"
+
+
+class OpenSearchSettings(_Section):
+    hosts: StrList = Field(default_factory=lambda: ["https://127.0.0.1:9200"], min_length=1)
+    username: str | None = "admin"
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    verify_certs: bool = True
+    ca_certs: Path | None = None
+    state_index: str = Field(default="content-sync-state", pattern=r"^[a-z0-9][a-z0-9_.-]*$")
+    timeout: Seconds = Field(default=60.0, gt=0)
+    # Bulk requests are bounded by count and by bytes; `bulk_concurrency` of them in flight.
+    bulk_docs: int = Field(default=1000, ge=1, le=10_000)
+    bulk_bytes: int = Field(default=8 * 1024 * 1024, ge=64 * 1024, le=100 * 1024 * 1024)
+    bulk_concurrency: int = Field(default=2, ge=1, le=16)
+    # Replicas of the content index once loaded (loading runs with none).
+    replicas: str = "0-1"
+
+    def password_value(self) -> str | None:
+        return _read_secret(self.password, self.password_file, "opensearch.password")
+
+
+class CommandManagerSettings(_Section):
+    enabled: bool = True
+    url: str = "https://127.0.0.1:9200/_plugins/_command_manager/commands"
+    username: str | None = None
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    verify_certs: bool = True
+    ca_certs: Path | None = None
+    timeout: Seconds = Field(default=30.0, gt=0)
+    version: str = "5.0.0"
+    source: str = "Content Manager"
+    command_timeout: int = Field(default=100, gt=0)
+    target_id: str = "vulnerability-detector"
+    target_type: str = "server"
+
+    def password_value(self) -> str | None:
+        return _read_secret(self.password, self.password_file, "command_manager.password")
+
+
+class SyncSettings(_Section):
+    batch_size: int = Field(default=MAX_WINDOW, ge=1, le=MAX_WINDOW)
+    with_empties: bool = True
+    # Remote ahead by more than this while a newer snapshot exists: re-initialise, then patch.
+    snapshot_threshold: int = Field(default=200_000, ge=1)
+    temp_dir: Path | None = None
+    max_archive_bytes: int = Field(default=20 * GiB, gt=0)
+    max_uncompressed_bytes: int = Field(default=20 * GiB, gt=0)
+    max_line_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
+
+
+class RetrySettings(_Section):
+    attempts: int = Field(default=8, ge=1, le=100)
+    initial: Seconds = Field(default=1.0, gt=0)
+    max_wait: Seconds = Field(default=60.0, gt=0)
+    # Upper bound on the total time spent retrying one call.
+    budget: Seconds = Field(default=900.0, gt=0)
+
+
+class LoggingSettings(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    format: Literal["text", "json"] = "text"
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+
+class Settings(_Section):
+    schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
+    cti: CTISettings = Field(default_factory=CTISettings)
+    feeds: list[FeedSettings] = Field(min_length=1)
+    opensearch: OpenSearchSettings = Field(default_factory=OpenSearchSettings)
+    command_manager: CommandManagerSettings = Field(default_factory=CommandManagerSettings)
+    sync: SyncSettings = Field(default_factory=SyncSettings)
+    retry: RetrySettings = Field(default_factory=RetrySettings)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
+
+    @model_validator(mode="after")
+    def _unique_feeds(self) -> Settings:
+        for attr in ("name", "index"):
+            seen: set[str] = set()
+            for i, feed in enumerate(self.feeds):
+                value = getattr(feed, attr)
+                if value in seen:
+                    raise ValueError(f"feeds.{i}.{attr}: {value!r} is used by two feeds")
+                seen.add(value)
+        return self
+
+    def feed(self, name: str) -> FeedSettings:
+        for feed in self.feeds:
+            if feed.name == name:
+                return feed
+        known = ", ".join(f.name for f in self.feeds)
+        raise SettingsError(f"feeds: no feed named {name!r} (configured: {known})")
+
+
+def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> None:
+    for key, value in sorted(environ.items()):
+        if not key.startswith(ENV_PREFIX) or key == f"{ENV_PREFIX}CONFIG":
+            continue
+        path = [p.lower() for p in key[len(ENV_PREFIX) :].split("__")]
+        node: Any = data
+        for i, part in enumerate(path):
+            last = i == len(path) - 1
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise SettingsError(f"{key}: {'.'.join(path[:i])} has no item {part}")
+                if last:
+                    node[int(part)] = value
+                else:
+                    node = node[int(part)]
+            elif isinstance(node, dict):
+                if last:
+                    node[part] = value
+                else:
+                    node = node.setdefault(part, {})
+            else:
+                raise SettingsError(f"{key}: {'.'.join(path[:i])} is not a section")
+
+
+def _format(exc: ValidationError, source: str) -> str:
+    first = exc.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return f"{source}: {loc}: {msg}{more}"
+
+
+def load_settings(
+    path: str | Path | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Read settings from `path` (default: $CONTENT_SYNC_CONFIG, else ./settings.yaml)."""
+    env = os.environ if environ is None else environ
+    file = Path(path or env.get(f"{ENV_PREFIX}CONFIG") or "settings.yaml")
+    try:
+        raw = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SettingsError(f"{file}: settings file not found") from None
+    except OSError as exc:
+        raise SettingsError(f"{file}: cannot read settings: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise SettingsError(f"{file}: not valid YAML{where}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise SettingsError(f"{file}: expected a mapping of sections at the top level")
+    _apply_env(raw, env)
+    try:
+        return Settings.model_validate(raw)
+    except ValidationError as exc:
+        raise SettingsError(_format(exc, str(file))) from None

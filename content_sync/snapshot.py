@@ -1,0 +1,191 @@
+"""Snapshot archive -> stream of content documents, with integrity checks.
+
+    zip file --(one .json member, inflated as a stream)--> lines --(ijson C)--> Resource
+
+Nothing is extracted and no line is held beyond the one being parsed. The member is read through
+zipfile's own reader, which stops at the size the (ZIP64-aware) central directory declares and
+checks the CRC-32 at the end; we additionally count bytes and lines, so a member whose headers
+lie about its size (the >4 GiB 32-bit-size bug of the real feed) fails loudly instead of
+silently truncating.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import ijson
+
+from content_sync.errors import SnapshotError
+
+__all__ = ["Resource", "SnapshotReader", "content_source", "offset_from_member_name"]
+
+if ijson.backend != "yajl2_c":  # pragma: no cover - depends on the installed wheel
+    raise ImportError(
+        f"ijson is using its {ijson.backend!r} backend, not the C backend 'yajl2_c': install an "
+        "ijson wheel built with yajl (pip install --force-reinstall ijson) for usable speed"
+    )
+
+_MEMBER = re.compile(r"^(?P<ctx>.+)_(?P<offset>\d+)_(?P<ts>\d+)\.json$")
+# ijson keeps a prefix string per nesting level, so a deeply nested line costs memory quadratic in
+# its depth (100,000 levels exhaust any machine). Lines with few brackets cannot be deep; only the
+# others get an exact (slower) depth scan.
+CHEAP_BRACKETS = 2000
+MAX_DEPTH = 512
+_TOKENS = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+
+
+@dataclass(frozen=True, slots=True)
+class Resource:
+    name: str
+    offset: int
+    version: int
+    payload: dict[str, Any]
+
+    def source(self) -> bytes:
+        """The content document as stored in OpenSearch (compact UTF-8 JSON)."""
+        return content_source(self.offset, self.version, self.payload)
+
+
+def content_source(offset: int, version: int, document: dict[str, Any]) -> bytes:
+    """Serialise a content document; absurdly deep nesting is refused, not a crash."""
+    try:
+        return json.dumps(
+            {"offset": offset, "version": version, "document": document},
+            ensure_ascii=False,
+            separators=(",", ":"),
+        ).encode("utf-8")
+    except RecursionError:
+        raise SnapshotError(f"document at offset {offset} is nested too deeply") from None
+
+
+def offset_from_member_name(name: str) -> int | None:
+    """`<context>_<consumer>_<offset>_<ts>.json` -> offset, else None."""
+    m = _MEMBER.match(Path(name).name)
+    return int(m.group("offset")) if m else None
+
+
+@dataclass
+class SnapshotReader:
+    """Iterate an archive's resources; `lines` and `bytes_read` count what was consumed."""
+
+    path: Path
+    max_uncompressed_bytes: int
+    max_line_bytes: int
+    max_offset: int | None = None
+    member_name: str = ""
+    declared_size: int = 0
+    lines: int = 0
+    bytes_read: int = 0
+    complete: bool = False
+
+    def _open_member(self, archive: zipfile.ZipFile) -> zipfile.ZipInfo:
+        infos = archive.infolist()
+        if len(infos) != 1:
+            names = ", ".join(i.filename for i in infos[:5])
+            raise SnapshotError(
+                f"{self.path}: expected exactly one member, found {len(infos)} ({names})"
+            )
+        info = infos[0]
+        name = info.filename
+        if info.is_dir() or "/" in name or "\\" in name or name.startswith(".") or ".." in name:
+            raise SnapshotError(f"{self.path}: refusing member name {name!r}")
+        if not name.endswith(".json"):
+            raise SnapshotError(f"{self.path}: member {name!r} is not a .json file")
+        if info.file_size > self.max_uncompressed_bytes:
+            raise SnapshotError(
+                f"{self.path}: member {name!r} declares {info.file_size} bytes, over "
+                f"sync.max_uncompressed_bytes ({self.max_uncompressed_bytes})"
+            )
+        return info
+
+    def __iter__(self) -> Iterator[Resource]:
+        try:
+            archive = zipfile.ZipFile(self.path)
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise SnapshotError(f"{self.path}: not a readable zip archive: {exc}") from None
+        with archive:
+            info = self._open_member(archive)
+            self.member_name = info.filename
+            self.declared_size = info.file_size
+            try:
+                with archive.open(info) as raw:
+                    yield from self._parse(raw)
+            except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
+                # zipfile raises BadZipFile("Bad CRC-32 ...") at the end of a corrupt member and
+                # EOFError/zlib errors on a truncated one.
+                raise SnapshotError(
+                    f"{self.path}: member {info.filename!r} is corrupt "
+                    f"after line {self.lines}: {exc}"
+                ) from None
+        if self.bytes_read != self.declared_size:
+            raise SnapshotError(
+                f"{self.path}: read {self.bytes_read} bytes of {info.filename!r}, "
+                f"its header declares {self.declared_size}"
+            )
+        self.complete = True
+
+    def _parse(self, raw: IO[bytes]) -> Iterator[Resource]:
+        while True:
+            line = raw.readline(self.max_line_bytes + 1)
+            if not line:
+                return
+            self.bytes_read += len(line)
+            if self.bytes_read > self.max_uncompressed_bytes:
+                raise SnapshotError(
+                    f"{self.path}: member inflates beyond sync.max_uncompressed_bytes "
+                    f"({self.max_uncompressed_bytes})"
+                )
+            if len(line) > self.max_line_bytes:
+                raise SnapshotError(
+                    f"{self.path}: line {self.lines + 1} is longer than sync.max_line_bytes "
+                    f"({self.max_line_bytes})"
+                )
+            if line.strip():
+                self.lines += 1
+                yield self._resource(line)
+
+    def _resource(self, line: bytes) -> Resource:
+        where = f"{self.path}: line {self.lines}"
+        if line.count(b"[") + line.count(b"{") > CHEAP_BRACKETS and _depth(line) > MAX_DEPTH:
+            raise SnapshotError(f"{where} is nested deeper than {MAX_DEPTH} levels")
+        try:
+            values = list(ijson.items(line, "", use_float=True, multiple_values=True))
+        except ijson.JSONError as exc:
+            raise SnapshotError(f"{where} is not valid JSON: {exc}") from None
+        if len(values) != 1 or not isinstance(values[0], dict):
+            raise SnapshotError(f"{where} is not one JSON object")
+        item: dict[str, Any] = values[0]
+        name = item.get("name", item.get("resource"))
+        if not isinstance(name, str) or not name or len(name) > 512:
+            raise SnapshotError(f"{where} has no usable 'name'")
+        offset, version, payload = item.get("offset"), item.get("version", 0), item.get("payload")
+        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+            raise SnapshotError(f"{where} ({name}) has offset {offset!r}")
+        if self.max_offset is not None and offset > self.max_offset:
+            raise SnapshotError(
+                f"{where} ({name}) has offset {offset}, beyond the snapshot's {self.max_offset}"
+            )
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise SnapshotError(f"{where} ({name}) has version {version!r}")
+        if not isinstance(payload, dict):
+            raise SnapshotError(f"{where} ({name}) has no payload object")
+        return Resource(name, offset, version, payload)
+
+
+def _depth(line: bytes) -> int:
+    """Deepest nesting of a JSON text, brackets inside strings ignored."""
+    depth = deepest = 0
+    for token in _TOKENS.finditer(line):
+        char = token.group()[:1]
+        if char in (b"[", b"{"):
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in (b"]", b"}"):
+            depth -= 1
+    return deepest

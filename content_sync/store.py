@@ -1,0 +1,432 @@
+"""OpenSearch: state documents, content indices, the bulk writer and the atomic alias swap.
+
+    items --> chunker (count + bytes bound) --> bounded in-flight bulk requests --> OpenSearch
+
+Every OpenSearch failure leaves this module as StoreUnavailable (transient: connection trouble,
+429, 5xx) or StoreError (anything a retry will not fix). Retries are decided here, once: whole
+requests through the shared RetryPolicy, item-level 429 rejections by re-sending only those items.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal, TypeVar
+
+import opensearchpy
+from opensearchpy import OpenSearch
+
+from content_sync.errors import StoreError, StoreUnavailable
+from content_sync.retry import RetryPolicy
+from content_sync.settings import OpenSearchSettings
+
+__all__ = ["BulkOp", "FeedState", "Store", "make_client", "utcnow"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+Status = Literal["running", "ready", "failed"]
+# ("index", id, source bytes) or ("delete", id, None)
+BulkOp = tuple[Literal["index", "delete"], str, bytes | None]
+
+CONTENT_MAPPING: dict[str, Any] = {
+    # Only our own fields are mapped. The payload is stored in _source but not indexed field by
+    # field: real CVE records would explode a dynamic mapping (thousands of distinct paths).
+    "dynamic": "strict",
+    "properties": {
+        "offset": {"type": "long"},
+        "version": {"type": "long"},
+        "document": {"type": "object", "enabled": False},
+    },
+}
+
+STATE_MAPPING: dict[str, Any] = {
+    "dynamic": False,
+    "properties": {
+        "context": {"type": "keyword"},
+        "consumer": {"type": "keyword"},
+        "local_offset": {"type": "long"},
+        "remote_offset": {"type": "long"},
+        "status": {"type": "keyword"},
+        "index": {"type": "keyword"},
+        "updated_at": {"type": "date"},
+        "last_success_at": {"type": "date"},
+    },
+}
+
+
+def utcnow() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def make_client(settings: OpenSearchSettings) -> OpenSearch:
+    password = settings.password_value()
+    auth = (settings.username, password) if settings.username and password is not None else None
+    return OpenSearch(
+        hosts=list(settings.hosts),
+        http_auth=auth,
+        verify_certs=settings.verify_certs,
+        ca_certs=str(settings.ca_certs) if settings.ca_certs else None,
+        ssl_show_warn=False,
+        timeout=settings.timeout,
+        max_retries=0,  # retries are ours (RetryPolicy), with backoff and jitter
+        retry_on_timeout=False,
+        http_compress=False,
+    )
+
+
+@contextlib.contextmanager
+def _translated(what: str) -> Iterator[None]:
+    """Map opensearch-py's exceptions onto ours, naming the operation."""
+    try:
+        yield
+    except opensearchpy.ConnectionTimeout as exc:
+        raise StoreUnavailable(
+            f"OpenSearch timed out during {what}", cause="store-timeout"
+        ) from exc
+    except opensearchpy.ConnectionError as exc:
+        raise StoreUnavailable(
+            f"OpenSearch unreachable during {what}: {exc.info or exc}", cause="store-connection"
+        ) from exc
+    except opensearchpy.TransportError as exc:
+        status = exc.status_code if isinstance(exc.status_code, int) else 0
+        if status == 429 or status >= 500:
+            raise StoreUnavailable(
+                f"OpenSearch answered {status} during {what}", cause=f"store-{status}"
+            ) from exc
+        raise StoreError(f"OpenSearch refused {what}: {status} {_reason(exc)}") from exc
+
+
+def _reason(exc: opensearchpy.TransportError) -> str:
+    info = exc.info
+    if isinstance(info, dict):
+        err = info.get("error")
+        if isinstance(err, dict):
+            return f"{err.get('type')}: {err.get('reason')}"
+        return str(err)
+    return str(exc.error)
+
+
+@dataclass
+class FeedState:
+    """The state document of one feed (interface.md, 'What lands in OpenSearch')."""
+
+    context: str
+    consumer: str
+    local_offset: int = 0
+    remote_offset: int = 0
+    snapshot_link: str | None = None
+    snapshot_offset: int = 0
+    status: Status = "ready"
+    index: str | None = None
+    updated_at: str | None = None
+    last_success_at: str | None = None
+    last_error: str | None = None
+    # A Command Manager notification not yet delivered (the offset it announces).
+    pending_command: int | None = None
+    # Where the current content came from: "feed" or "file:<name>".
+    content_source: str | None = None
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> FeedState:
+        known = {k: v for k, v in doc.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+    def to_doc(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class BulkStats:
+    docs: int = 0
+    bytes: int = 0
+    requests: int = 0
+    item_retries: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, docs: int, size: int) -> None:
+        with self._lock:
+            self.docs += docs
+            self.bytes += size
+            self.requests += 1
+
+
+class Store:
+    def __init__(
+        self, client: OpenSearch, settings: OpenSearchSettings, retry: RetryPolicy
+    ) -> None:
+        self.client = client
+        self._settings = settings
+        self._retry = retry
+
+    def _call(self, what: str, fn: Callable[[], T]) -> T:
+        def once() -> T:
+            with _translated(what):
+                return fn()
+
+        return self._retry.call(once)
+
+    # -- state -----------------------------------------------------------------------------------
+
+    @property
+    def state_index(self) -> str:
+        return self._settings.state_index
+
+    def ensure_state_index(self) -> None:
+        index = self.state_index
+
+        def create() -> None:
+            if self.client.indices.exists(index=index):
+                return
+            try:
+                self.client.indices.create(
+                    index=index,
+                    body={
+                        "settings": {"number_of_shards": 1, "auto_expand_replicas": "0-1"},
+                        "mappings": STATE_MAPPING,
+                    },
+                )
+            except opensearchpy.RequestError as exc:
+                if exc.error != "resource_already_exists_exception":  # a concurrent creator won
+                    raise
+
+        self._call(f"creating state index {index}", create)
+
+    def load_state(self, state_id: str) -> FeedState | None:
+        def get() -> dict[str, Any] | None:
+            try:
+                got = self.client.get(index=self.state_index, id=state_id)
+            except opensearchpy.NotFoundError:
+                return None
+            source: dict[str, Any] = got["_source"]
+            return source
+
+        doc = self._call(f"reading state {state_id}", get)
+        return FeedState.from_doc(doc) if doc is not None else None
+
+    def save_state(self, state_id: str, state: FeedState) -> None:
+        state.updated_at = utcnow()
+        doc = state.to_doc()
+        self._call(
+            f"writing state {state_id}",
+            lambda: self.client.index(index=self.state_index, id=state_id, body=doc),
+        )
+
+    # -- content indices -------------------------------------------------------------------------
+
+    def new_index_name(self, alias: str) -> str:
+        stamp = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
+        return f"{alias}.v{stamp}-{secrets.token_hex(3)}"
+
+    def create_content_index(self, alias: str, *, loading: bool) -> str:
+        """A new physical index for `alias`; `loading` = tuned for a bulk load (no refresh, no
+        replicas) until finish_load()."""
+        name = self.new_index_name(alias)
+        settings: dict[str, Any] = {"number_of_shards": 1}
+        if loading:
+            settings.update({"refresh_interval": "-1", "number_of_replicas": 0})
+        else:
+            settings["auto_expand_replicas"] = self._settings.replicas
+        body = {"settings": settings, "mappings": CONTENT_MAPPING}
+        self._call(
+            f"creating index {name}", lambda: self.client.indices.create(index=name, body=body)
+        )
+        return name
+
+    def finish_load(self, index: str) -> None:
+        body = {
+            "index": {"refresh_interval": None, "auto_expand_replicas": self._settings.replicas}
+        }
+        self._call(
+            f"restoring settings of {index}",
+            lambda: self.client.indices.put_settings(index=index, body=body),
+        )
+        self.refresh(index)
+
+    def refresh(self, index: str) -> None:
+        self._call(f"refreshing {index}", lambda: self.client.indices.refresh(index=index))
+
+    def count(self, index: str) -> int:
+        got = self._call(f"counting {index}", lambda: self.client.count(index=index))
+        return int(got["count"])
+
+    def alias_target(self, alias: str) -> str | None:
+        """The physical index behind the alias, or None when the alias does not exist."""
+
+        def get() -> list[str]:
+            try:
+                return list(self.client.indices.get_alias(name=alias))
+            except opensearchpy.NotFoundError:
+                return []
+
+        targets = self._call(f"reading alias {alias}", get)
+        if len(targets) > 1:
+            raise StoreError(f"alias {alias} points at {len(targets)} indices: {sorted(targets)}")
+        return targets[0] if targets else None
+
+    def swap_alias(self, alias: str, new_index: str) -> list[str]:
+        """Point `alias` at `new_index` in one atomic _aliases call; return the indices it left."""
+
+        def swap() -> list[str]:
+            try:
+                old = list(self.client.indices.get_alias(name=alias))
+            except opensearchpy.NotFoundError:
+                old = []
+            actions: list[dict[str, Any]] = [{"add": {"index": new_index, "alias": alias}}]
+            actions += [{"remove": {"index": o, "alias": alias}} for o in old if o != new_index]
+            if not old and self.client.indices.exists(index=alias):
+                # A concrete index squats the alias name (e.g. left by another content manager):
+                # it is replaced in the same atomic step.
+                log.warning(
+                    "index %s is a concrete index; replacing it with alias %s", alias, alias
+                )
+                actions.append({"remove_index": {"index": alias}})
+            self.client.indices.update_aliases(body={"actions": actions})
+            return [o for o in old if o != new_index]
+
+        return self._call(f"moving alias {alias} to {new_index}", swap)
+
+    def delete_index(self, index: str) -> None:
+        self._call(
+            f"deleting index {index}",
+            lambda: self.client.indices.delete(index=index, ignore_unavailable=True),
+        )
+
+    def orphan_indices(self, alias: str) -> list[str]:
+        """Physical indices of `alias` that the alias does not point at (left by a crash)."""
+        current = self.alias_target(alias)
+
+        def names() -> list[str]:
+            got = self.client.indices.get(index=f"{alias}.v*", expand_wildcards="all")
+            return sorted(got)
+
+        return [i for i in self._call(f"listing {alias}.v*", names) if i != current]
+
+    def ensure_alias(self, alias: str) -> str:
+        """The index behind the alias, creating an empty one when there is none yet."""
+        current = self.alias_target(alias)
+        if current is not None:
+            return current
+        index = self.create_content_index(alias, loading=False)
+        self.swap_alias(alias, index)
+        return index
+
+    # -- documents -------------------------------------------------------------------------------
+
+    def mget(self, index: str, ids: list[str]) -> dict[str, dict[str, Any]]:
+        """The stored content documents among `ids` (realtime: sees unrefreshed writes)."""
+        if not ids:
+            return {}
+
+        def get() -> dict[str, dict[str, Any]]:
+            got = self.client.mget(index=index, body={"ids": ids}, params={"realtime": "true"})
+            out: dict[str, dict[str, Any]] = {}
+            for doc in got["docs"]:
+                if "error" in doc:
+                    raise StoreError(f"multi-get of {doc.get('_id')} failed: {doc['error']}")
+                if doc.get("found"):
+                    out[doc["_id"]] = doc["_source"]
+            return out
+
+        return self._call(f"multi-get of {len(ids)} documents from {index}", get)
+
+    def write(
+        self,
+        index: str,
+        ops: Iterable[BulkOp],
+        *,
+        concurrency: int = 1,
+        stats: BulkStats | None = None,
+    ) -> BulkStats:
+        """Apply bulk operations; returns only when every item succeeded, else raises."""
+        stats = stats or BulkStats()
+        chunks = self._chunks(index, ops)
+        if concurrency <= 1:
+            for chunk in chunks:
+                self._send(chunk, stats)
+            return stats
+        with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="bulk") as pool:
+            # At most 2 x concurrency chunks exist at once: memory stays bounded however large
+            # the input stream is.
+            pending: set[Future[None]] = set()
+            for chunk in chunks:
+                while len(pending) >= 2 * concurrency:
+                    done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                    for f in done:
+                        f.result()
+                pending.add(pool.submit(self._send, chunk, stats))
+            done, _ = wait(pending)
+            for f in done:
+                f.result()
+        return stats
+
+    def _chunks(
+        self, index: str, ops: Iterable[BulkOp]
+    ) -> Iterator[list[tuple[bytes, bytes | None]]]:
+        max_docs, max_bytes = self._settings.bulk_docs, self._settings.bulk_bytes
+        chunk: list[tuple[bytes, bytes | None]] = []
+        size = 0
+        idx = _json_str(index)
+        for kind, doc_id, source in ops:
+            action = b'{"%s":{"_index":%s,"_id":%s}}\n' % (kind.encode(), idx, _json_str(doc_id))
+            item_size = len(action) + (len(source) + 1 if source is not None else 0)
+            if chunk and (len(chunk) >= max_docs or size + item_size > max_bytes):
+                yield chunk
+                chunk, size = [], 0
+            chunk.append((action, source))
+            size += item_size
+        if chunk:
+            yield chunk
+
+    def _send(self, chunk: list[tuple[bytes, bytes | None]], stats: BulkStats) -> None:
+        todo = chunk
+        attempt = 0
+        while todo:
+            body = b"".join(a + (s + b"\n" if s is not None else b"") for a, s in todo)
+            result = self._call(
+                f"bulk request of {len(todo)} items",
+                lambda body=body: self.client.bulk(  # type: ignore[misc]
+                    body=body, params={"filter_path": "errors,items.*.status,items.*.error"}
+                ),
+            )
+            stats.add(len(todo), len(body))
+            if not result.get("errors"):
+                return
+            retry: list[tuple[bytes, bytes | None]] = []
+            for item, op in zip(result["items"], todo, strict=True):
+                ((kind, outcome),) = item.items()
+                status = outcome.get("status", 0)
+                if status < 300 or (kind == "delete" and status == 404):
+                    continue
+                if status == 429:
+                    retry.append(op)
+                    continue
+                raise StoreError(
+                    f"OpenSearch rejected {kind} of {op[0].decode().strip()}: {status} "
+                    f"{outcome.get('error')}"
+                )
+            attempt += 1
+            if attempt >= self._retry.attempts:
+                raise StoreUnavailable(
+                    f"OpenSearch kept rejecting {len(retry)} bulk items with 429", cause="store-429"
+                )
+            with stats._lock:
+                stats.item_retries += len(retry)
+            delay = min(self._retry.max_wait, self._retry.initial * 2**attempt)
+            log.warning(
+                "OpenSearch rejected %d bulk items (429); retrying in %.1f s", len(retry), delay
+            )
+            time.sleep(delay * (0.5 + secrets.randbelow(1000) / 1000))
+            todo = retry
+
+
+def _json_str(value: str) -> bytes:
+    return json.dumps(value, ensure_ascii=False).encode("utf-8")

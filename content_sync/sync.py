@@ -1,0 +1,287 @@
+"""One synchronisation cycle for one feed: the mission, top to bottom.
+
+    1. read the state (OpenSearch) and the consumer (feed): local vs remote offset
+    2. in sync: record the check, deliver a pending notification, done
+    3. never initialised, feed rebuilt, local copy invalid, far behind, or asked: load the snapshot
+       into a fresh index and swap it in (loader.py)
+    4. walk the windows (F, T] up to the remote offset: fetch, multi-get, patch in memory, one
+       bulk write, then record local_offset = T
+    5. a change that does not apply means drift: re-initialise from the snapshot, patch on
+    6. content moved: tell the Command Manager (kept as pending if it cannot be delivered)
+
+Transient trouble is retried inside the clients; what still fails ends the cycle `failed` with the
+offset of the last complete window kept, so the next cycle resumes there.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+from content_sync.errors import ContentSyncError, DriftError, FeedError
+from content_sync.events import Events
+from content_sync.feed import ConsumerInfo, FeedClient, iter_windows
+from content_sync.loader import load_archive
+from content_sync.notify import Notifier
+from content_sync.patching import apply_window, touched
+from content_sync.settings import FeedSettings, Settings
+from content_sync.snapshot import content_source
+from content_sync.store import BulkOp, FeedState, Store, utcnow
+
+__all__ = ["CycleResult", "FeedSync", "Stopped"]
+
+log = logging.getLogger(__name__)
+
+SnapshotReason = Literal[
+    "first-run", "manual", "feed-rebuilt", "invalid-copy", "far-behind", "drift"
+]
+
+
+class Stopped(Exception):
+    """The service is shutting down; the cycle stopped between two recorded windows."""
+
+
+@dataclass
+class CycleResult:
+    feed: str
+    before: int
+    after: int = 0
+    remote: int = 0
+    snapshots: list[str] = field(default_factory=list)
+    windows: int = 0
+    changes: dict[str, int] = field(default_factory=lambda: {"create": 0, "update": 0, "delete": 0})
+    documents: int = 0
+    outcome: Literal["ok", "failed", "stopped"] = "ok"
+    error: str | None = None
+    notified: bool = False
+    seconds: float = 0.0
+
+    @property
+    def moved(self) -> bool:
+        return self.after != self.before
+
+    def summary(self) -> str:
+        work = "+".join(["snapshot"] * len(self.snapshots) + (["changes"] if self.windows else []))
+        text = (
+            f"feed={self.feed} offset {self.before} -> {self.after} (remote {self.remote}) "
+            f"work={work or 'none'} windows={self.windows} documents={self.documents} "
+            f"seconds={self.seconds:.1f} outcome={self.outcome}"
+        )
+        if self.snapshots:
+            text += f" snapshot_reason={','.join(self.snapshots)}"
+        if self.error:
+            text += f" error={self.error}"
+        return text
+
+
+class FeedSync:
+    """Synchronises one configured feed. One instance per feed; not re-entrant."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        feed: FeedSettings,
+        *,
+        client: FeedClient,
+        store: Store,
+        notifier: Notifier | None,
+        events: Events | None = None,
+        stop: threading.Event | None = None,
+    ) -> None:
+        self.settings = settings
+        self.feed = feed
+        self.client = client
+        self.store = store
+        self.notifier = notifier
+        self.events = events or Events()
+        self.stop = stop or threading.Event()
+
+    # -- the cycle -------------------------------------------------------------------------------
+
+    def run_cycle(self, *, resync: bool = False) -> CycleResult:
+        started = time.monotonic()
+        feed = self.feed
+        state = self.store.load_state(feed.state_id) or FeedState(feed.context, feed.consumer)
+        result = CycleResult(feed=feed.name, before=state.local_offset, after=state.local_offset)
+        try:
+            info = self.client.consumer(feed.context, feed.consumer)
+            result.remote = state.remote_offset = info.last_offset
+            reason = self._snapshot_reason(state, info, resync=resync)
+            # In sync: no further request but the final state write.
+            if reason is not None or state.local_offset != info.last_offset:
+                state.status = "running"
+                self.store.save_state(feed.state_id, state)
+                if reason is None and self.store.alias_target(feed.index) is None:
+                    reason = "invalid-copy"  # the alias vanished: the offset describes nothing
+                if reason is not None:
+                    self._initialise(state, info, reason, result)
+                self._catch_up(state, info, result)
+        except Stopped:
+            result.outcome = "stopped"
+        except ContentSyncError as exc:
+            result.outcome, result.error = "failed", str(exc)
+            log.error("feed %s: cycle failed: %s", feed.name, exc)
+        result.after = state.local_offset
+        self._finish(state, result)
+        result.seconds = time.monotonic() - started
+        log.info("cycle %s", result.summary())
+        return result
+
+    def _snapshot_reason(
+        self, state: FeedState, info: ConsumerInfo, *, resync: bool
+    ) -> SnapshotReason | None:
+        if resync:
+            return "manual"
+        if state.local_offset == 0:
+            return "first-run" if info.last_offset > 0 else None
+        if state.local_offset > info.last_offset:
+            return "feed-rebuilt"
+        behind = info.last_offset - state.local_offset
+        if (
+            behind > self.settings.sync.snapshot_threshold
+            and info.snapshot_link
+            and info.snapshot_offset > state.local_offset
+        ):
+            return "far-behind"
+        return None
+
+    def _finish(self, state: FeedState, result: CycleResult) -> None:
+        """Record how the cycle ended and tell the Command Manager when content moved."""
+        if result.outcome == "ok":
+            state.status, state.last_error = "ready", None
+            state.last_success_at = utcnow()
+        elif result.outcome == "failed":
+            state.status, state.last_error = "failed", (result.error or "")[:1000]
+        else:
+            state.status = "ready"  # stopped between windows: what is recorded is complete
+        if result.moved:
+            state.pending_command = state.local_offset
+        if (
+            state.pending_command is not None
+            and self.notifier is not None
+            and self.notifier.enabled
+        ):
+            try:
+                self.notifier.send(index=self.feed.index, offset=state.pending_command)
+                state.pending_command, result.notified = None, True
+            except ContentSyncError as exc:
+                log.warning("feed %s: notification kept for a later cycle: %s", self.feed.name, exc)
+        try:
+            self.store.save_state(self.feed.state_id, state)
+        except ContentSyncError as exc:
+            # Every window was recorded as it completed; only this summary write is lost.
+            log.error("feed %s: could not record the end of the cycle: %s", self.feed.name, exc)
+            if result.outcome == "ok":
+                result.outcome, result.error = "failed", str(exc)
+
+    # -- snapshot --------------------------------------------------------------------------------
+
+    def _initialise(
+        self, state: FeedState, info: ConsumerInfo, reason: SnapshotReason, result: CycleResult
+    ) -> None:
+        feed = self.feed
+        if not info.snapshot_link:
+            raise FeedError(
+                f"feed {feed.name}: needs a snapshot ({reason}) but the feed offers none"
+            )
+        log.info(
+            "feed %s: initialising from snapshot at offset %d (%s)",
+            feed.name,
+            info.snapshot_offset,
+            reason,
+        )
+        self.events.snapshot_started(feed.name, reason)
+        result.snapshots.append(reason)
+        sync = self.settings.sync
+        archive = self.client.download_snapshot(
+            info.snapshot_link,
+            temp_dir=sync.temp_dir,
+            max_bytes=sync.max_archive_bytes,
+            progress=lambda done, total: self.events.download_progress(feed.name, done, total),
+        )
+        try:
+            self._check_stop()
+            loaded = load_archive(
+                self.store,
+                feed.index,
+                archive,
+                limits=sync,
+                snapshot_offset=info.snapshot_offset,
+                concurrency=self.settings.opensearch.bulk_concurrency,
+                progress=lambda docs, size: self.events.index_progress(feed.name, docs, size),
+            )
+        finally:
+            archive.unlink(missing_ok=True)
+        result.documents += loaded.documents
+        self.events.docs_written(feed.name, loaded.documents)
+        state.local_offset = info.snapshot_offset
+        state.snapshot_link = info.snapshot_link
+        state.snapshot_offset = info.snapshot_offset
+        state.index = loaded.index
+        state.content_source = "feed"
+        self.store.save_state(feed.state_id, state)
+
+    # -- changes ---------------------------------------------------------------------------------
+
+    def _catch_up(self, state: FeedState, info: ConsumerInfo, result: CycleResult) -> None:
+        fell_back = False
+        while state.local_offset < info.last_offset:
+            index = self._live_index(state)
+            try:
+                for low, high in iter_windows(
+                    state.local_offset, info.last_offset, self.settings.sync.batch_size
+                ):
+                    self._check_stop()
+                    self._apply_window(index, low, high, result)
+                    state.local_offset = high
+                    self.store.save_state(self.feed.state_id, state)
+                    result.windows += 1
+            except DriftError as exc:
+                log.error(
+                    "feed %s: local copy drifted at offset %d (%s): %s",
+                    self.feed.name,
+                    exc.offset,
+                    exc.resource,
+                    exc,
+                )
+                if fell_back:
+                    raise  # the snapshot itself does not take the changes: nothing more to try
+                fell_back = True
+                self._initialise(state, info, "drift", result)
+
+    def _live_index(self, state: FeedState) -> str:
+        index = self.store.ensure_alias(self.feed.index)
+        if state.index != index:
+            state.index = index
+        return index
+
+    def _apply_window(self, index: str, low: int, high: int, result: CycleResult) -> None:
+        feed = self.feed
+        changes = self.client.changes(
+            feed.context, feed.consumer, low, high, with_empties=self.settings.sync.with_empties
+        )
+        if not changes:
+            return
+        stored = self.store.mget(index, touched(changes))
+        window = apply_window(changes, stored)
+        ops: list[BulkOp] = [
+            ("index", name, content_source(doc["offset"], doc["version"], doc["document"]))
+            if doc is not None
+            else ("delete", name, None)
+            for name, doc in window.final.items()
+        ]
+        # Only when every item of the write succeeded does the caller record the window.
+        self.store.write(index, ops)
+        for kind, count in window.applied.items():
+            result.changes[kind] += count
+            if count:
+                self.events.changes_applied(feed.name, kind, count)
+        result.documents += len(ops)
+        self.events.docs_written(feed.name, len(ops))
+
+    def _check_stop(self) -> None:
+        if self.stop.is_set():
+            raise Stopped()

@@ -1,0 +1,114 @@
+"""The snapshot reader on hand-made archives: good ones stream, bad ones fail with a clear error."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from content_sync.errors import SnapshotError
+from content_sync.snapshot import SnapshotReader, offset_from_member_name
+
+MEMBER = "vd_1.0.0_vd_4.8.0_120_1743416661.json"
+
+
+def line(name: str, offset: int, payload: dict[str, Any] | None = None, key: str = "name") -> bytes:
+    item = {key: name, "offset": offset, "version": 2, "inserted_at": "2024-01-01T00:00:00Z"}
+    item["payload"] = payload if payload is not None else {"cveMetadata": {"cveId": name}}
+    return json.dumps(item, ensure_ascii=False).encode() + b"\n"
+
+
+def make_zip(path: Path, members: dict[str, bytes], method: int = zipfile.ZIP_DEFLATED) -> Path:
+    with zipfile.ZipFile(path, "w", compression=method) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return path
+
+
+def reader(path: Path, **kw: Any) -> SnapshotReader:
+    opts: dict[str, Any] = {"max_uncompressed_bytes": 10**9, "max_line_bytes": 10**6}
+    opts.update(kw)
+    return SnapshotReader(path, **opts)
+
+
+def test_streams_every_resource(tmp_path: Path) -> None:
+    body = (
+        line("CVE-2", 100) + line("TID-1", 7, {"x": "ümlaut €"}, key="resource") + line("CVE-1", 3)
+    )
+    r = reader(make_zip(tmp_path / "s.zip", {MEMBER: body}), max_offset=120)
+    got = list(r)
+    assert [(x.name, x.offset, x.version) for x in got] == [
+        ("CVE-2", 100, 2),
+        ("TID-1", 7, 2),
+        ("CVE-1", 3, 2),
+    ]
+    assert json.loads(got[1].source()) == {"offset": 7, "version": 2, "document": {"x": "ümlaut €"}}
+    assert (r.lines, r.bytes_read, r.complete) == (3, len(body), True)
+    assert r.member_name == MEMBER
+    assert offset_from_member_name(MEMBER) == 120
+
+
+def test_bad_crc_detected(tmp_path: Path) -> None:
+    body = b"".join(line(f"CVE-{i}", i) for i in range(50))
+    path = make_zip(tmp_path / "s.zip", {MEMBER: body}, method=zipfile.ZIP_STORED)
+    raw = bytearray(path.read_bytes())
+    pos = raw.index(b"CVE-25")
+    raw[pos + 4] ^= 0x01  # CVE-25 -> CVE-24 (or similar): still valid JSON, wrong CRC
+    path.write_bytes(bytes(raw))
+    with pytest.raises(SnapshotError, match="CRC"):
+        list(reader(path))
+
+
+def test_truncated_archive(tmp_path: Path) -> None:
+    body = b"".join(line(f"CVE-{i}", i) for i in range(500))
+    path = make_zip(tmp_path / "s.zip", {MEMBER: body})
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(SnapshotError, match="not a readable zip"):
+        list(reader(path))
+
+
+@pytest.mark.parametrize(
+    ("members", "match"),
+    [
+        ({MEMBER: b"", "other.json": b""}, "exactly one member"),
+        ({"../../etc/x.json": b""}, "refusing member name"),
+        ({"dir/x.json": b""}, "refusing member name"),
+        ({"snapshot.csv": b"a,b\n"}, "not a .json"),
+        ({MEMBER: b"{not json}\n"}, "not valid JSON"),
+        ({MEMBER: b"[1, 2]\n"}, "not one JSON object"),
+        ({MEMBER: b'{"a": 1} {"b": 2}\n'}, "not one JSON object"),
+        ({MEMBER: b'{"offset": 1, "payload": {}}\n'}, "no usable 'name'"),
+        ({MEMBER: b'{"name": "A", "offset": -4, "payload": {}}\n'}, "offset"),
+        ({MEMBER: b'{"name": "A", "offset": 4, "payload": []}\n'}, "no payload object"),
+        ({MEMBER: line("A", 999)}, "beyond the snapshot"),
+    ],
+)
+def test_hostile_or_broken_members(tmp_path: Path, members: dict[str, bytes], match: str) -> None:
+    with pytest.raises(SnapshotError, match=match):
+        list(reader(make_zip(tmp_path / "s.zip", members), max_offset=120))
+
+
+def test_zip_bomb_refused_by_declared_size(tmp_path: Path) -> None:
+    path = make_zip(tmp_path / "s.zip", {MEMBER: b" " * 5_000_000})
+    assert path.stat().st_size < 50_000
+    with pytest.raises(SnapshotError, match="max_uncompressed_bytes"):
+        list(reader(path, max_uncompressed_bytes=1_000_000))
+
+
+def test_overlong_line_refused_without_reading_it_whole(tmp_path: Path) -> None:
+    big = line("A", 1, {"blob": "x" * 3_000_000})
+    with pytest.raises(SnapshotError, match="max_line_bytes"):
+        list(reader(make_zip(tmp_path / "s.zip", {MEMBER: big}), max_line_bytes=1_000_000))
+
+
+def test_deep_nesting_is_an_error_not_a_crash(tmp_path: Path) -> None:
+    deep = (
+        b'{"name": "A", "offset": 1, "payload": {"x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}}\n"
+    )
+    r = reader(make_zip(tmp_path / "s.zip", {MEMBER: deep}))
+    with pytest.raises(SnapshotError):
+        for resource in r:
+            resource.source()
