@@ -1,4 +1,4 @@
-"""The CTI client at its HTTP edge (respx): validation, retries, allowed hosts, resumable download."""
+"""The CTI client at its HTTP edge (respx): validation, retries, allowed hosts, resume."""
 
 from __future__ import annotations
 
