@@ -166,6 +166,7 @@ class Store:
         self.client = client
         self._settings = settings
         self._retry = retry
+        self._state_index_ready = False
 
     def _call(self, what: str, fn: Callable[[], T]) -> T:
         def once() -> T:
@@ -199,8 +200,12 @@ class Store:
                     raise
 
         self._call(f"creating state index {index}", create)
+        self._state_index_ready = True
 
     def load_state(self, state_id: str) -> FeedState | None:
+        if not self._state_index_ready:  # once per process: later cycles pay nothing for it
+            self.ensure_state_index()
+
         def get() -> dict[str, Any] | None:
             try:
                 got = self.client.get(index=self.state_index, id=state_id)

@@ -1,0 +1,61 @@
+"""Wiring: settings -> the clients a cycle needs, built once and closed together."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+from content_sync.events import Events
+from content_sync.feed import FeedClient
+from content_sync.notify import Notifier
+from content_sync.retry import RetryPolicy
+from content_sync.settings import Settings
+from content_sync.store import Store, make_client
+from content_sync.sync import FeedSync
+
+__all__ = ["Runtime"]
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    events: Events = field(default_factory=Events)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        events = self.events
+        retry = RetryPolicy.from_settings(self.settings.retry)
+        self.retry = RetryPolicy(
+            attempts=retry.attempts,
+            initial=retry.initial,
+            max_wait=retry.max_wait,
+            budget=retry.budget,
+            on_retry=lambda exc: events.retry("", exc.cause),
+        )
+        self.client = FeedClient(self.settings.cti, self.retry)
+        self.store = Store(
+            make_client(self.settings.opensearch), self.settings.opensearch, self.retry
+        )
+        self.notifier = Notifier(self.settings.command_manager, self.retry)
+
+    def feed_sync(self, name: str) -> FeedSync:
+        return FeedSync(
+            self.settings,
+            self.settings.feed(name),
+            client=self.client,
+            store=self.store,
+            notifier=self.notifier,
+            events=self.events,
+            stop=self.stop,
+        )
+
+    def close(self) -> None:
+        self.client.close()
+        self.notifier.close()
+        self.store.client.close()
+
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
