@@ -74,7 +74,7 @@ def test_first_cycle_loads_snapshot_then_patches_to_head(
     assert (state.local_offset, state.remote_offset, state.status) == (head, head, "ready")
     assert state.snapshot_offset == snapshot_at
     assert state.snapshot_link and state.snapshot_link.endswith(model.snapshot_name)
-    assert state.index == list(os_client.indices.get_alias(name=alias))[0]
+    assert state.index == next(iter(os_client.indices.get_alias(name=alias)))
     assert state.last_error is None and state.last_success_at
     assert feed_server.commands == [expected_command(alias, head)]
     windows = [
