@@ -13,7 +13,8 @@ ContentSyncError
 ├── DriftError               a change does not apply: the local copy drifted from the feed
 ├── StoreError               OpenSearch refused a write (not a transient rejection)
 ├── NotifyError              the Command Manager refused the command (4xx)
-└── LeaseHeldError           another writer holds this feed
+├── LeaseHeldError           another writer holds this feed
+└── LeaseLostError           another writer took this feed over while we wrote it
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ __all__ = [
     "FeedError",
     "FeedUnavailable",
     "LeaseHeldError",
+    "LeaseLostError",
     "NotifyError",
     "NotifyUnavailable",
     "SettingsError",
@@ -100,3 +102,7 @@ class NotifyUnavailable(TransientError):
 
 class LeaseHeldError(ContentSyncError):
     """Another process is synchronising this feed."""
+
+
+class LeaseLostError(ContentSyncError):
+    """Another process wrote this feed's state since we read it: we must stop writing."""

@@ -67,7 +67,7 @@ def load_archive(
 
         def ops() -> Iterator[BulkOp]:
             for n, resource in enumerate(reader, 1):
-                yield ("index", resource.name, resource.source())
+                yield ("index", resource.name, resource.source(), resource.offset)
                 if progress is not None and n % PROGRESS_EVERY == 0:
                     progress(n, reader.bytes_read)
 

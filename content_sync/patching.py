@@ -42,6 +42,8 @@ class WindowResult:
     final: dict[str, dict[str, Any] | None] = field(default_factory=dict)
     applied: dict[str, int] = field(default_factory=lambda: {"create": 0, "update": 0, "delete": 0})
     skipped: int = 0
+    # name -> offset of the change that leaves it deleted (its external version in the index)
+    deleted_at: dict[str, int] = field(default_factory=dict)
 
 
 def touched(changes: Iterable[Change]) -> list[str]:
@@ -81,6 +83,8 @@ def apply_window(changes: list[Change], stored: dict[str, dict[str, Any]]) -> Wi
             current = _apply(change, current)
             result.applied[change.type] += 1
         result.final[name] = current
+        if current is None:
+            result.deleted_at[name] = own[-1].offset
     return result
 
 

@@ -36,6 +36,7 @@ class Runtime:
         self.store = Store(
             make_client(self.settings.opensearch), self.settings.opensearch, self.retry
         )
+        self.store.lease_ttl = self.settings.sync.lease_ttl
         self.notifier = Notifier(self.settings.command_manager, self.retry)
 
     def feed_sync(self, name: str) -> FeedSync:

@@ -197,6 +197,9 @@ class SyncSettings(_Section):
     max_archive_bytes: int = Field(default=20 * GiB, gt=0)
     max_uncompressed_bytes: int = Field(default=20 * GiB, gt=0)
     max_line_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
+    # One writer per feed: a lease in the state document, renewed while a cycle runs; if its
+    # holder dies, another process may take the feed over after this long.
+    lease_ttl: Seconds = Field(default=60.0, ge=1)
 
 
 class RetrySettings(_Section):

@@ -24,7 +24,7 @@ from typing import Any, Literal, TypeVar
 import opensearchpy
 from opensearchpy import OpenSearch
 
-from content_sync.errors import StoreError, StoreUnavailable
+from content_sync.errors import LeaseLostError, StoreError, StoreUnavailable
 from content_sync.retry import RetryPolicy
 from content_sync.settings import OpenSearchSettings
 
@@ -34,8 +34,10 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 Status = Literal["running", "ready", "failed"]
-# ("index", id, source bytes) or ("delete", id, None)
-BulkOp = tuple[Literal["index", "delete"], str, bytes | None]
+# ("index", id, source bytes, offset) or ("delete", id, None, offset). The offset becomes the
+# document's external version: a stale writer (one that lost its lease but has not noticed yet)
+# can never overwrite newer content, and a replayed window (same offsets) is accepted.
+BulkOp = tuple[Literal["index", "delete"], str, bytes | None, int]
 
 CONTENT_MAPPING: dict[str, Any] = {
     # Only our own fields are mapped. The payload is stored in _source but not indexed field by
@@ -61,6 +63,9 @@ STATE_MAPPING: dict[str, Any] = {
         "last_success_at": {"type": "date"},
     },
 }
+
+
+_UNKNOWN = object()  # never read: write unconditionally (tools, tests)
 
 
 def utcnow() -> str:
@@ -134,6 +139,16 @@ class FeedState:
     pending_command: int | None = None
     # Where the current content came from: "feed" or "file:<name>".
     content_source: str | None = None
+    # The lease: who is writing this feed now, and until when (epoch seconds) unless renewed.
+    lease_owner: str | None = None
+    lease_expires_at: float | None = None
+
+    def lease_held_by_other(self, owner: str, now: float) -> bool:
+        return (
+            self.lease_owner is not None
+            and self.lease_owner != owner
+            and (self.lease_expires_at or 0.0) > now
+        )
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any]) -> FeedState:
@@ -167,6 +182,10 @@ class Store:
         self._settings = settings
         self._retry = retry
         self._state_index_ready = False
+        self._state_lock = threading.Lock()
+        # state id -> (seq_no, primary_term) of our last read/write; None = does not exist yet
+        self._seq: dict[str, tuple[int, int] | None] = {}
+        self.lease_ttl = 60.0
 
     def _call(self, what: str, fn: Callable[[], T]) -> T:
         def once() -> T:
@@ -203,27 +222,71 @@ class Store:
         self._state_index_ready = True
 
     def load_state(self, state_id: str) -> FeedState | None:
+        """Read a feed's state and remember its version for the next conditional save."""
         if not self._state_index_ready:  # once per process: later cycles pay nothing for it
             self.ensure_state_index()
 
         def get() -> dict[str, Any] | None:
             try:
-                got = self.client.get(index=self.state_index, id=state_id)
+                got: dict[str, Any] = self.client.get(index=self.state_index, id=state_id)
+                return got
             except opensearchpy.NotFoundError:
                 return None
-            source: dict[str, Any] = got["_source"]
-            return source
 
-        doc = self._call(f"reading state {state_id}", get)
-        return FeedState.from_doc(doc) if doc is not None else None
+        got = self._call(f"reading state {state_id}", get)
+        with self._state_lock:
+            if got is None:
+                self._seq[state_id] = None
+                return None
+            self._seq[state_id] = (got["_seq_no"], got["_primary_term"])
+        return FeedState.from_doc(got["_source"])
+
+    def peek_state(self, state_id: str) -> FeedState | None:
+        """Read a feed's state without taking part in its writes (status, check)."""
+
+        def get() -> dict[str, Any] | None:
+            try:
+                got: dict[str, Any] = self.client.get(index=self.state_index, id=state_id)
+                return got
+            except opensearchpy.NotFoundError:
+                return None
+
+        got = self._call(f"reading state {state_id}", get)
+        return FeedState.from_doc(got["_source"]) if got is not None else None
 
     def save_state(self, state_id: str, state: FeedState) -> None:
-        state.updated_at = utcnow()
-        doc = state.to_doc()
-        self._call(
-            f"writing state {state_id}",
-            lambda: self.client.index(index=self.state_index, id=state_id, body=doc),
-        )
+        """Write the state only if nobody else wrote it since we read it (optimistic concurrency).
+
+        A conflict means another writer took the feed over: LeaseLostError, and this process
+        must stop writing. The lease is renewed by every save while we hold it.
+        """
+        with self._state_lock:
+            state.updated_at = utcnow()
+            if state.lease_owner is not None:
+                state.lease_expires_at = time.time() + self.lease_ttl
+            doc = state.to_doc()
+            seen = self._seq.get(state_id, _UNKNOWN)
+
+            def put() -> dict[str, Any]:
+                kw: dict[str, Any] = {}
+                if seen is None:
+                    kw["op_type"] = "create"
+                elif seen is not _UNKNOWN:
+                    assert isinstance(seen, tuple)
+                    kw["if_seq_no"], kw["if_primary_term"] = seen
+                try:
+                    got: dict[str, Any] = self.client.index(
+                        index=self.state_index, id=state_id, body=doc, **kw
+                    )
+                    return got
+                except opensearchpy.ConflictError:
+                    raise LeaseLostError(
+                        f"state {state_id} was written by another process "
+                        f"(another content-sync holds this feed); stopping"
+                    ) from None
+
+            got = self._call(f"writing state {state_id}", put)
+            self._seq[state_id] = (got["_seq_no"], got["_primary_term"])
 
     # -- content indices -------------------------------------------------------------------------
 
@@ -380,8 +443,13 @@ class Store:
         chunk: list[tuple[bytes, bytes | None]] = []
         size = 0
         idx = _json_str(index)
-        for kind, doc_id, source in ops:
-            action = b'{"%s":{"_index":%s,"_id":%s}}\n' % (kind.encode(), idx, _json_str(doc_id))
+        for kind, doc_id, source, version in ops:
+            action = b'{"%s":{"_index":%s,"_id":%s,"version":%d,"version_type":"external_gte"}}\n' % (
+                kind.encode(),
+                idx,
+                _json_str(doc_id),
+                version,
+            )
             item_size = len(action) + (len(source) + 1 if source is not None else 0)
             if chunk and (len(chunk) >= max_docs or size + item_size > max_bytes):
                 yield chunk

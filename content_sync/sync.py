@@ -15,13 +15,18 @@ offset of the last complete window kept, so the next cycle resumes there.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import socket
 import threading
 import time
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
-from content_sync.errors import ContentSyncError, DriftError, FeedError
+from content_sync.errors import ContentSyncError, DriftError, FeedError, LeaseLostError
 from content_sync.events import Events
 from content_sync.feed import ConsumerInfo, FeedClient, iter_windows
 from content_sync.loader import load_archive
@@ -40,6 +45,11 @@ SnapshotReason = Literal[
 ]
 
 
+def default_owner() -> str:
+    """Who holds a lease: host, process and a random tag (pids repeat across containers)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
 class Stopped(Exception):
     """The service is shutting down; the cycle stopped between two recorded windows."""
 
@@ -54,7 +64,7 @@ class CycleResult:
     windows: int = 0
     changes: dict[str, int] = field(default_factory=lambda: {"create": 0, "update": 0, "delete": 0})
     documents: int = 0
-    outcome: Literal["ok", "failed", "stopped"] = "ok"
+    outcome: Literal["ok", "failed", "stopped", "skipped"] = "ok"
     error: str | None = None
     notified: bool = False
     seconds: float = 0.0
@@ -90,6 +100,7 @@ class FeedSync:
         notifier: Notifier | None,
         events: Events | None = None,
         stop: threading.Event | None = None,
+        owner: str | None = None,
     ) -> None:
         self.settings = settings
         self.feed = feed
@@ -98,6 +109,8 @@ class FeedSync:
         self.notifier = notifier
         self.events = events or Events()
         self.stop = stop or threading.Event()
+        self.owner = owner or default_owner()
+        self._lease_lost = threading.Event()
 
     # -- the cycle -------------------------------------------------------------------------------
 
@@ -106,21 +119,33 @@ class FeedSync:
         feed = self.feed
         state = self.store.load_state(feed.state_id) or FeedState(feed.context, feed.consumer)
         result = CycleResult(feed=feed.name, before=state.local_offset, after=state.local_offset)
+        if state.lease_held_by_other(self.owner, time.time()):
+            result.outcome = "skipped"
+            result.error = f"feed {feed.name} is being synchronised by {state.lease_owner}"
+            log.warning("cycle skipped: %s", result.error)
+            return result
         try:
             info = self.client.consumer(feed.context, feed.consumer)
             result.remote = state.remote_offset = info.last_offset
             reason = self._snapshot_reason(state, info, resync=resync)
             # In sync: no further request but the final state write.
             if reason is not None or state.local_offset != info.last_offset:
-                state.status = "running"
-                self.store.save_state(feed.state_id, state)
-                if reason is None and self.store.alias_target(feed.index) is None:
-                    reason = "invalid-copy"  # the alias vanished: the offset describes nothing
-                if reason is not None:
-                    self._initialise(state, info, reason, result)
-                self._catch_up(state, info, result)
+                state.status, state.lease_owner = "running", self.owner
+                self.store.save_state(feed.state_id, state)  # takes the lease, or conflicts
+                with self._lease_kept(state):
+                    if reason is None and self.store.alias_target(feed.index) is None:
+                        reason = "invalid-copy"  # the alias vanished: the offset means nothing
+                    if reason is not None:
+                        self._initialise(state, info, reason, result)
+                    self._catch_up(state, info, result)
         except Stopped:
             result.outcome = "stopped"
+        except LeaseLostError as exc:
+            # Another process owns the feed now: it records and notifies; we write nothing more.
+            result.outcome, result.error = "skipped", str(exc)
+            result.after = state.local_offset
+            log.warning("feed %s: %s", feed.name, exc)
+            return result
         except ContentSyncError as exc:
             result.outcome, result.error = "failed", str(exc)
             log.error("feed %s: cycle failed: %s", feed.name, exc)
@@ -129,6 +154,31 @@ class FeedSync:
         result.seconds = time.monotonic() - started
         log.info("cycle %s", result.summary())
         return result
+
+    @contextlib.contextmanager
+    def _lease_kept(self, state: FeedState) -> Iterator[None]:
+        """Renew the lease in the background while long steps (a snapshot load) run."""
+        done = threading.Event()
+        period = max(self.store.lease_ttl / 3, 0.05)
+
+        def renew() -> None:
+            while not done.wait(period):
+                try:
+                    self.store.save_state(self.feed.state_id, state)
+                except LeaseLostError:
+                    self._lease_lost.set()
+                    return
+                except ContentSyncError as exc:  # the next renewal or window save retries
+                    log.warning("feed %s: could not renew the lease: %s", self.feed.name, exc)
+
+        self._lease_lost.clear()
+        thread = threading.Thread(target=renew, name=f"lease-{self.feed.name}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join()
 
     def _snapshot_reason(
         self, state: FeedState, info: ConsumerInfo, *, resync: bool
@@ -157,6 +207,7 @@ class FeedSync:
             state.status, state.last_error = "failed", (result.error or "")[:1000]
         else:
             state.status = "ready"  # stopped between windows: what is recorded is complete
+        state.lease_owner = state.lease_expires_at = None  # released with this write
         if result.moved:
             state.pending_command = state.local_offset
         if (
@@ -171,6 +222,9 @@ class FeedSync:
                 log.warning("feed %s: notification kept for a later cycle: %s", self.feed.name, exc)
         try:
             self.store.save_state(self.feed.state_id, state)
+        except LeaseLostError as exc:
+            log.warning("feed %s: %s", self.feed.name, exc)
+            result.outcome, result.error = "skipped", str(exc)
         except ContentSyncError as exc:
             # Every window was recorded as it completed; only this summary write is lost.
             log.error("feed %s: could not record the end of the cycle: %s", self.feed.name, exc)
@@ -268,9 +322,14 @@ class FeedSync:
         stored = self.store.mget(index, touched(changes))
         window = apply_window(changes, stored)
         ops: list[BulkOp] = [
-            ("index", name, content_source(doc["offset"], doc["version"], doc["document"]))
+            (
+                "index",
+                name,
+                content_source(doc["offset"], doc["version"], doc["document"]),
+                doc["offset"],
+            )
             if doc is not None
-            else ("delete", name, None)
+            else ("delete", name, None, window.deleted_at[name])
             for name, doc in window.final.items()
         ]
         # Only when every item of the write succeeded does the caller record the window.
@@ -283,5 +342,7 @@ class FeedSync:
         self.events.docs_written(feed.name, len(ops))
 
     def _check_stop(self) -> None:
+        if self._lease_lost.is_set():
+            raise LeaseLostError(f"feed {self.feed.name}: another process took over the lease")
         if self.stop.is_set():
             raise Stopped()
