@@ -14,7 +14,8 @@ ContentSyncError
 ├── StoreError               OpenSearch refused a write (not a transient rejection)
 ├── NotifyError              the Command Manager refused the command (4xx)
 ├── LeaseHeldError           another writer holds this feed
-└── LeaseLostError           another writer took this feed over while we wrote it
+├── LeaseLostError           another writer took this feed over while we wrote it
+└── Stopped                  the service is shutting down (not a failure)
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ __all__ = [
     "NotifyUnavailable",
     "SettingsError",
     "SnapshotError",
+    "Stopped",
     "StoreError",
     "StoreUnavailable",
     "TransientError",
@@ -106,3 +108,7 @@ class LeaseHeldError(ContentSyncError):
 
 class LeaseLostError(ContentSyncError):
     """Another process wrote this feed's state since we read it: we must stop writing."""
+
+
+class Stopped(ContentSyncError):
+    """The service is shutting down: work stopped at a safe point (nothing half-recorded)."""

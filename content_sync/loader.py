@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from content_sync.errors import ContentSyncError, SnapshotError
+from content_sync.errors import ContentSyncError, SnapshotError, Stopped
 from content_sync.settings import SyncSettings
 from content_sync.snapshot import SnapshotReader
 from content_sync.store import BulkOp, BulkStats, Store
@@ -52,6 +52,7 @@ def load_archive(
     snapshot_offset: int | None,
     concurrency: int,
     progress: Callable[[int, int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> LoadResult:
     started = time.monotonic()
     remove_orphans(store, alias)
@@ -68,8 +69,11 @@ def load_archive(
         def ops() -> Iterator[BulkOp]:
             for n, resource in enumerate(reader, 1):
                 yield ("index", resource.name, resource.source(), resource.offset)
-                if progress is not None and n % PROGRESS_EVERY == 0:
-                    progress(n, reader.bytes_read)
+                if n % PROGRESS_EVERY == 0:
+                    if should_stop is not None and should_stop():
+                        raise Stopped(f"load of {archive.name} interrupted by shutdown")
+                    if progress is not None:
+                        progress(n, reader.bytes_read)
 
         store.write(index, ops(), concurrency=concurrency, stats=stats)
         if not reader.complete:  # the generator always completes or raises; belt and braces

@@ -68,6 +68,20 @@ class Notifier:
     def close(self) -> None:
         self._http.close()
 
+    def probe(self) -> str | None:
+        """Reach the endpoint without sending a command: None if reachable with our
+        credentials, else what is wrong. (It only accepts POST: 405 still proves it is there.)"""
+        url = self._settings.url
+        try:
+            response = self._http.get(url)
+        except httpx.TransportError as exc:
+            return f"unreachable: {type(exc).__name__}: {exc}"
+        if response.status_code in (401, 403):
+            return f"credentials refused ({response.status_code})"
+        if response.status_code >= 500:
+            return f"answered {response.status_code}"
+        return None
+
     def send(self, *, index: str, offset: int) -> None:
         """POST one update command; raises NotifyUnavailable/NotifyError when not delivered."""
         body = command_body(self._settings, index=index, offset=offset)

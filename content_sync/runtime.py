@@ -21,10 +21,14 @@ class Runtime:
     settings: Settings
     events: Events = field(default_factory=Events)
     stop: threading.Event = field(default_factory=threading.Event)
+    # Interactive commands (status, check) answer within seconds instead of retrying for long.
+    quick: bool = False
 
     def __post_init__(self) -> None:
         events = self.events
         retry = RetryPolicy.from_settings(self.settings.retry)
+        if self.quick:
+            retry = RetryPolicy(attempts=2, initial=0.5, max_wait=2.0, budget=10.0)
         self.retry = RetryPolicy(
             attempts=retry.attempts,
             initial=retry.initial,

@@ -444,11 +444,14 @@ class Store:
         size = 0
         idx = _json_str(index)
         for kind, doc_id, source, version in ops:
-            action = b'{"%s":{"_index":%s,"_id":%s,"version":%d,"version_type":"external_gte"}}\n' % (
-                kind.encode(),
-                idx,
-                _json_str(doc_id),
-                version,
+            action = (
+                b'{"%s":{"_index":%s,"_id":%s,"version":%d,"version_type":"external_gte"}}\n'
+                % (
+                    kind.encode(),
+                    idx,
+                    _json_str(doc_id),
+                    version,
+                )
             )
             item_size = len(action) + (len(source) + 1 if source is not None else 0)
             if chunk and (len(chunk) >= max_docs or size + item_size > max_bytes):

@@ -22,18 +22,27 @@ import socket
 import threading
 import time
 import uuid
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
-from content_sync.errors import ContentSyncError, DriftError, FeedError, LeaseLostError
+from content_sync.errors import (
+    ContentSyncError,
+    DriftError,
+    FeedError,
+    LeaseLostError,
+    SnapshotError,
+    Stopped,
+)
 from content_sync.events import Events
 from content_sync.feed import ConsumerInfo, FeedClient, iter_windows
 from content_sync.loader import load_archive
 from content_sync.notify import Notifier
 from content_sync.patching import apply_window, touched
 from content_sync.settings import FeedSettings, Settings
-from content_sync.snapshot import content_source
+from content_sync.snapshot import content_source, offset_from_member_name
 from content_sync.store import BulkOp, FeedState, Store, utcnow
 
 __all__ = ["CycleResult", "FeedSync", "Stopped"]
@@ -45,13 +54,24 @@ SnapshotReason = Literal[
 ]
 
 
+def _archive_offset(archive: Path) -> int:
+    """The offset an archive holds, from its member name `<ctx>_<cons>_<offset>_<ts>.json`."""
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            names = zf.namelist()
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise SnapshotError(f"{archive}: not a readable zip archive: {exc}") from None
+    offset = offset_from_member_name(names[0]) if len(names) == 1 else None
+    if offset is None:
+        raise SnapshotError(
+            f"{archive}: cannot tell its offset from the member name {names[:1]}; give --offset"
+        )
+    return offset
+
+
 def default_owner() -> str:
     """Who holds a lease: host, process and a random tag (pids repeat across containers)."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
-class Stopped(Exception):
-    """The service is shutting down; the cycle stopped between two recorded windows."""
 
 
 @dataclass
@@ -266,6 +286,7 @@ class FeedSync:
                 snapshot_offset=info.snapshot_offset,
                 concurrency=self.settings.opensearch.bulk_concurrency,
                 progress=lambda docs, size: self.events.index_progress(feed.name, docs, size),
+                should_stop=self.stop.is_set,
             )
         finally:
             archive.unlink(missing_ok=True)
@@ -277,6 +298,52 @@ class FeedSync:
         state.index = loaded.index
         state.content_source = "feed"
         self.store.save_state(feed.state_id, state)
+
+    def import_archive(self, archive: Path, *, offset: int | None = None) -> CycleResult:
+        """Initialise the feed from an archive on disk (air-gapped sites): same streaming,
+        checks and atomic swap as online. The offset comes from the member name unless given."""
+        started = time.monotonic()
+        feed = self.feed
+        state = self.store.load_state(feed.state_id) or FeedState(feed.context, feed.consumer)
+        result = CycleResult(feed=feed.name, before=state.local_offset, after=state.local_offset)
+        if state.lease_held_by_other(self.owner, time.time()):
+            result.outcome = "skipped"
+            result.error = f"feed {feed.name} is being synchronised by {state.lease_owner}"
+            return result
+        if offset is None:
+            offset = _archive_offset(archive)
+        state.status, state.lease_owner = "running", self.owner
+        try:
+            self.store.save_state(feed.state_id, state)
+            with self._lease_kept(state):
+                self.events.snapshot_started(feed.name, "import")
+                result.snapshots.append("import")
+                loaded = load_archive(
+                    self.store,
+                    feed.index,
+                    archive,
+                    limits=self.settings.sync,
+                    snapshot_offset=offset,
+                    concurrency=self.settings.opensearch.bulk_concurrency,
+                    progress=lambda docs, size: self.events.index_progress(feed.name, docs, size),
+                    should_stop=self.stop.is_set,
+                )
+            result.documents = loaded.documents
+            state.local_offset = state.snapshot_offset = offset
+            state.snapshot_link = None
+            state.index = loaded.index
+            state.content_source = f"file:{archive.name}"
+        except LeaseLostError as exc:
+            result.outcome, result.error = "skipped", str(exc)
+            return result
+        except ContentSyncError as exc:
+            result.outcome, result.error = "failed", str(exc)
+            log.error("feed %s: import of %s failed: %s", feed.name, archive, exc)
+        result.after = state.local_offset
+        self._finish(state, result)
+        result.seconds = time.monotonic() - started
+        log.info("import %s", result.summary())
+        return result
 
     # -- changes ---------------------------------------------------------------------------------
 

@@ -1,0 +1,7 @@
+"""`python -m content_sync` is the `content-sync` command."""
+
+import sys
+
+from content_sync.cli import main
+
+sys.exit(main())
