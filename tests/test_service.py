@@ -1,0 +1,153 @@
+"""`content-sync run` as a real process: schedule, clean stop, one writer per feed."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from opensearchpy import OpenSearch
+
+from content_sync.testing.server import FeedServer
+from tests.helpers import assert_matches_truth, settings_dict
+from tests.test_cli import SCRIPT, write_config
+
+STATE_ID = "vd_1.0.0_vd_4.8.0"
+SUMMARY = re.compile(
+    r"^(?P<time>\S+ \S+) INFO content_sync.sync: cycle feed=\S+ offset (?P<before>\d+) -> "
+    r"(?P<after>\d+) .*work=(?P<work>\S+) .*seconds=(?P<seconds>[\d.]+) outcome=(?P<outcome>\w+)"
+)
+
+
+def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def service_config(
+    feed_server: FeedServer, opensearch_url: str, prefix: str, tmp_path: Path
+) -> Path:
+    data = settings_dict(
+        feed_server,
+        opensearch_url,
+        prefix,
+        tmp_path,
+        schedule={"interval": "1s", "jitter": 0, "run_on_start": True},
+        sync={"batch_size": 50, "lease_ttl": "3s"},
+    )
+    return write_config(tmp_path / "settings.yaml", data)
+
+
+@pytest.fixture
+def start_service(service_config: Path, tmp_path: Path) -> Iterator[Callable[[str], Any]]:
+    procs: list[subprocess.Popen[str]] = []
+
+    def start(name: str) -> tuple[subprocess.Popen[str], Path]:
+        log = tmp_path / f"{name}.log"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CONTENT_SYNC_")}
+        proc = subprocess.Popen(
+            [SCRIPT, "run", "--config", str(service_config)],
+            stdout=subprocess.DEVNULL,
+            stderr=log.open("w"),
+            text=True,
+            env=env,
+        )
+        procs.append(proc)
+        return proc, log
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def state(os_client: OpenSearch, prefix: str) -> dict[str, Any]:
+    try:
+        return dict(os_client.get(index=f"{prefix}-state", id=STATE_ID)["_source"])
+    except Exception:
+        return {}
+
+
+def test_run_picks_up_new_changes_and_stops_cleanly_on_sigterm(
+    start_service: Any, feed_server: FeedServer, os_client: OpenSearch, prefix: str
+) -> None:
+    model = feed_server.model
+    proc, log = start_service("a")
+    wait_for(
+        lambda: state(os_client, prefix).get("local_offset") == model.head_offset, 60, "first cycle"
+    )
+    for _ in range(2):
+        head = model.append_changes(120)
+        wait_for(lambda h=head: state(os_client, prefix).get("local_offset") == h, 60, "catch-up")
+    assert_matches_truth(os_client, f"{prefix}-cve", model, model.head_offset)
+
+    # Stop in the middle of a long catch-up: the current window completes or is not recorded.
+    start = model.head_offset
+    head = model.append_changes(3000)
+    wait_for(lambda: state(os_client, prefix).get("status") == "running", 30, "a running cycle")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0
+    final = state(os_client, prefix)
+    assert final["status"] == "ready" and final["lease_owner"] is None
+    assert (final["local_offset"] - start) % 50 == 0  # a window boundary
+    assert_matches_truth(os_client, f"{prefix}-cve", model, final["local_offset"])
+    text = log.read_text()
+    assert "received SIGTERM" in text and "outcome=stopped" in text and "Traceback" not in text
+    assert final["local_offset"] < head  # it did stop early, not finish
+
+
+def cycles(log: Path) -> list[tuple[float, float]]:
+    """(start, end) of every cycle that wrote content, from the summary lines."""
+    out = []
+    for line in log.read_text().splitlines():
+        m = SUMMARY.match(line)
+        if m and m["work"] != "none":
+            end = datetime.strptime(m["time"], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+            out.append((end - float(m["seconds"]), end))
+    return out
+
+
+def test_two_services_one_writer_and_takeover_after_a_kill(
+    start_service: Any, feed_server: FeedServer, os_client: OpenSearch, prefix: str
+) -> None:
+    model = feed_server.model
+    a, log_a = start_service("a")
+    b, log_b = start_service("b")
+    wait_for(lambda: state(os_client, prefix).get("local_offset") == model.head_offset, 90, "init")
+    for _ in range(3):
+        head = model.append_changes(400)
+        wait_for(lambda h=head: state(os_client, prefix).get("local_offset") == h, 90, "catch-up")
+    # Never two working cycles of the feed at once, across both processes.
+    spans = sorted(cycles(log_a) + cycles(log_b))
+    assert len(spans) >= 3
+    for (_, end), (start, _) in zip(spans, spans[1:], strict=False):
+        assert start >= end - 0.05, spans
+    assert "being synchronised by" in log_a.read_text() + log_b.read_text()
+
+    # Kill whoever holds the lease mid-cycle; the other takes over once the lease expires.
+    head = model.append_changes(4000)
+    wait_for(lambda: state(os_client, prefix).get("lease_owner") is not None, 30, "a lease")
+    holder_pid = int(state(os_client, prefix)["lease_owner"].split(":")[1])
+    holder, survivor = (a, b) if holder_pid == a.pid else (b, a)
+    assert holder.pid == holder_pid
+    holder.kill()
+    holder.wait()
+    wait_for(lambda: state(os_client, prefix).get("local_offset") == head, 120, "takeover")
+    final = state(os_client, prefix)
+    assert final["status"] == "ready" or final["lease_owner"].split(":")[1] == str(survivor.pid)
+    assert_matches_truth(os_client, f"{prefix}-cve", model, head)
+    survivor.send_signal(signal.SIGTERM)
+    assert survivor.wait(timeout=60) == 0
