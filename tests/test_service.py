@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import signal
@@ -133,7 +134,7 @@ def test_two_services_one_writer_and_takeover_after_a_kill(
     # Never two working cycles of the feed at once, across both processes.
     spans = sorted(cycles(log_a) + cycles(log_b))
     assert len(spans) >= 3
-    for (_, end), (start, _) in zip(spans, spans[1:], strict=False):
+    for (_, end), (start, _) in itertools.pairwise(spans):
         assert start >= end - 0.05, spans
     assert "being synchronised by" in log_a.read_text() + log_b.read_text()
 

@@ -2,8 +2,8 @@
 
 Load with `pytest_plugins = ["content_sync.testing.fixtures"]`.
 
-Function-scoped on purpose: tests mutate the model (append, rebuild) and inject faults. Building
-the small model takes well under a second.
+Function-scoped on purpose: tests mutate the model (append, rebuild) and inject faults. Each test
+gets a clone of a model built once per session, which takes milliseconds.
 """
 
 from __future__ import annotations
@@ -23,11 +23,22 @@ FIXTURE_HISTORY = 2500
 FIXTURE_SEED = 1
 
 
-@pytest.fixture
-def feed_model(tmp_path: Path) -> Iterator[FeedModel]:
-    """~300 resources, ~2500 changes of history, seed 1, snapshot published at the head."""
+@pytest.fixture(scope="session")
+def _feed_model_template(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FeedModel]:
+    # Built once per session; never handed out, only cloned.
     model = FeedModel(resources=FIXTURE_RESOURCES, history=FIXTURE_HISTORY, seed=FIXTURE_SEED,
-                      workdir=tmp_path / "feed")
+                      workdir=tmp_path_factory.mktemp("feed-template"))
+    yield model
+    model.close()
+
+
+@pytest.fixture
+def feed_model(_feed_model_template: FeedModel, tmp_path: Path) -> Iterator[FeedModel]:
+    """~300 resources, ~2500 changes of history, seed 1, snapshot published at the head.
+
+    A private clone per test (same content as a fresh build), so tests may mutate it freely.
+    """
+    model = _feed_model_template.clone(tmp_path / "feed")
     yield model
     model.close()
 
