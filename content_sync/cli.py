@@ -90,8 +90,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from content_sync.service import Service
 
-    with Runtime(settings, events=progress_events(False)) as runtime:
-        Service(runtime).run_forever(resync=args.resync)
+    try:
+        service = Service.build(settings, progress_events(False))
+    except OSError as exc:  # the HTTP port is taken or not ours to bind
+        raise SettingsError(
+            f"http: cannot listen on {settings.http.host}:{settings.http.port}: {exc.strerror}"
+        ) from None
+    service.run_forever(resync=args.resync)
     return EXIT_OK
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
-from content_sync.events import Events
+from content_sync.events import Events, current_feed
 from content_sync.feed import FeedClient
 from content_sync.notify import Notifier
 from content_sync.retry import RetryPolicy
@@ -34,7 +34,7 @@ class Runtime:
             initial=retry.initial,
             max_wait=retry.max_wait,
             budget=retry.budget,
-            on_retry=lambda exc: events.retry("", exc.cause),
+            on_retry=lambda exc: events.retry(current_feed(), exc.cause),
         )
         self.client = FeedClient(self.settings.cti, self.retry)
         self.store = Store(

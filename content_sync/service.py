@@ -23,8 +23,11 @@ from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
+from content_sync.events import Events, Fanout
+from content_sync.metrics import Metrics, schedule_period
 from content_sync.runtime import Runtime
-from content_sync.settings import ScheduleSettings
+from content_sync.settings import ScheduleSettings, Settings
+from content_sync.web import HttpServer, TriggerResult
 
 __all__ = ["Service", "make_trigger"]
 
@@ -40,26 +43,62 @@ def make_trigger(schedule: ScheduleSettings) -> BaseTrigger:
 
 
 class Service:
-    def __init__(self, runtime: Runtime) -> None:
+    """Schedules the feeds of a Runtime; serves metrics, health and the trigger beside them.
+
+    The Runtime's events must include `metrics` (build both with Service.build)."""
+
+    def __init__(self, runtime: Runtime, metrics: Metrics) -> None:
         self.runtime = runtime
         self.settings = runtime.settings
+        self.metrics = metrics
         self._resync: set[str] = set()
+        self._running: set[str] = set()
         self._lock = threading.Lock()
         self.scheduler = BackgroundScheduler(
             timezone=UTC,
             executors={"default": ThreadPoolExecutor(max_workers=max(1, len(self.settings.feeds)))},
         )
+        self.http: HttpServer | None = None
+        if self.settings.http.enabled:
+            self.http = HttpServer(self.settings.http, metrics, self.trigger)
+
+    @classmethod
+    def build(cls, settings: Settings, *extra_events: Events) -> Service:
+        metrics = Metrics(
+            [f.name for f in settings.feeds],
+            period=schedule_period(settings.schedule),
+            healthy_intervals=settings.http.healthy_intervals,
+        )
+        runtime = Runtime(settings, events=Fanout(metrics, *extra_events))
+        return cls(runtime, metrics)
 
     def _run_feed(self, name: str) -> None:
         with self._lock:
             resync = name in self._resync
             self._resync.discard(name)
-        if self.runtime.stop.is_set():
-            return
+            self._running.add(name)
         try:
-            self.runtime.feed_sync(name).run_cycle(resync=resync)
+            if not self.runtime.stop.is_set():
+                self.runtime.feed_sync(name).run_cycle(resync=resync)
         except Exception:  # a bug must not kill the schedule; the next run tries again
             log.exception("feed %s: unexpected error in the cycle", name)
+        finally:
+            with self._lock:
+                self._running.discard(name)
+
+    def trigger(self, name: str, resync: bool) -> TriggerResult:
+        """Run a feed's cycle now (the on-demand trigger)."""
+        job = self.scheduler.get_job(f"feed-{name}")
+        if job is None:
+            return "unknown"
+        with self._lock:
+            if name in self._running:
+                return "running"
+            if resync:
+                self._resync.add(name)
+        job.modify(next_run_time=datetime.now(UTC))
+        log.info("feed %s: cycle requested over HTTP%s", name, " (resync)" if resync else "")
+        return "queued"
 
     def start(self, *, resync: bool = False) -> None:
         schedule = self.settings.schedule
@@ -84,11 +123,16 @@ class Service:
         self.scheduler.start()
         for job in self.scheduler.get_jobs():
             log.info("scheduled %s; next run at %s", job.name, job.next_run_time)
+        if self.http is not None:
+            self.http.start()
 
     def stop(self) -> None:
         """Stop scheduling and wait for running cycles to reach a safe point."""
         self.runtime.stop.set()
         self.scheduler.shutdown(wait=True)
+        if self.http is not None:
+            self.http.stop()
+        self.runtime.close()
 
     def run_forever(self, *, resync: bool = False) -> None:
         """Run until SIGTERM or SIGINT, then stop cleanly."""

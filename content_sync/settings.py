@@ -32,6 +32,7 @@ __all__ = [
     "CTISettings",
     "CommandManagerSettings",
     "FeedSettings",
+    "HttpSettings",
     "LoggingSettings",
     "OpenSearchSettings",
     "RetrySettings",
@@ -210,6 +211,18 @@ class RetrySettings(_Section):
     budget: Seconds = Field(default=900.0, gt=0)
 
 
+class HttpSettings(_Section):
+    """The service's HTTP port: /metrics (Prometheus), /health, and the on-demand trigger."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=9464, ge=0, le=65535)
+    # Unhealthy when a feed's last success is older than this many schedule periods.
+    healthy_intervals: float = Field(default=3.0, gt=0)
+    # Required by the trigger (POST /feeds/<name>/sync) when host is not a loopback address.
+    token: SecretStr | None = None
+
+
 class LoggingSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     format: Literal["text", "json"] = "text"
@@ -229,6 +242,7 @@ class Settings(_Section):
     sync: SyncSettings = Field(default_factory=SyncSettings)
     retry: RetrySettings = Field(default_factory=RetrySettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
 
     @model_validator(mode="after")
     def _unique_feeds(self) -> Settings:

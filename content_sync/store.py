@@ -85,6 +85,8 @@ def make_client(settings: OpenSearchSettings) -> OpenSearch:
         max_retries=0,  # retries are ours (RetryPolicy), with backoff and jitter
         retry_on_timeout=False,
         http_compress=False,
+        # One connection per concurrent bulk request, plus the state/lease traffic beside them.
+        pool_maxsize=settings.bulk_concurrency + 2,
     )
 
 

@@ -36,7 +36,7 @@ from content_sync.errors import (
     SnapshotError,
     Stopped,
 )
-from content_sync.events import Events
+from content_sync.events import Events, feed_context
 from content_sync.feed import ConsumerInfo, FeedClient, iter_windows
 from content_sync.loader import load_archive
 from content_sync.notify import Notifier
@@ -135,6 +135,11 @@ class FeedSync:
     # -- the cycle -------------------------------------------------------------------------------
 
     def run_cycle(self, *, resync: bool = False) -> CycleResult:
+        with feed_context(self.feed.name):
+            self.events.cycle_started(self.feed.name)
+            return self._cycle(resync=resync)
+
+    def _cycle(self, *, resync: bool) -> CycleResult:
         started = time.monotonic()
         feed = self.feed
         state = self.store.load_state(feed.state_id) or FeedState(feed.context, feed.consumer)
@@ -143,6 +148,7 @@ class FeedSync:
             result.outcome = "skipped"
             result.error = f"feed {feed.name} is being synchronised by {state.lease_owner}"
             log.warning("cycle skipped: %s", result.error)
+            self.events.cycle_finished(result, state)
             return result
         try:
             info = self.client.consumer(feed.context, feed.consumer)
@@ -165,6 +171,7 @@ class FeedSync:
             result.outcome, result.error = "skipped", str(exc)
             result.after = state.local_offset
             log.warning("feed %s: %s", feed.name, exc)
+            self.events.cycle_finished(result, state)
             return result
         except ContentSyncError as exc:
             result.outcome, result.error = "failed", str(exc)
@@ -173,6 +180,7 @@ class FeedSync:
         self._finish(state, result)
         result.seconds = time.monotonic() - started
         log.info("cycle %s", result.summary())
+        self.events.cycle_finished(result, state)
         return result
 
     @contextlib.contextmanager
@@ -343,6 +351,7 @@ class FeedSync:
         self._finish(state, result)
         result.seconds = time.monotonic() - started
         log.info("import %s", result.summary())
+        self.events.cycle_finished(result, state)
         return result
 
     # -- changes ---------------------------------------------------------------------------------

@@ -41,6 +41,7 @@ def settings_dict(
         "command_manager": {"url": server.command_url, "verify_certs": False},
         "sync": {"temp_dir": str(tmp_path)},
         "retry": {"attempts": 4, "initial": 0.02, "max_wait": 0.2, "budget": 20},
+        "http": {"port": 0},  # a free port: several services may run at once
     }
     for section, values in sections.items():
         data.setdefault(section, {}).update(values)
