@@ -26,8 +26,12 @@ FIXTURE_SEED = 1
 @pytest.fixture(scope="session")
 def _feed_model_template(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FeedModel]:
     # Built once per session; never handed out, only cloned.
-    model = FeedModel(resources=FIXTURE_RESOURCES, history=FIXTURE_HISTORY, seed=FIXTURE_SEED,
-                      workdir=tmp_path_factory.mktemp("feed-template"))
+    model = FeedModel(
+        resources=FIXTURE_RESOURCES,
+        history=FIXTURE_HISTORY,
+        seed=FIXTURE_SEED,
+        workdir=tmp_path_factory.mktemp("feed-template"),
+    )
     yield model
     model.close()
 
