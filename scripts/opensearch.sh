@@ -65,6 +65,10 @@ free_port() {
 up() {
     if [[ -n "${OPENSEARCH_URL:-}" ]]; then echo "$OPENSEARCH_URL"; return; fi
     if [[ -f "$run/pid" ]] && kill -0 "$(cat "$run/pid")" 2>/dev/null; then
+        if [[ "$(cat "$run/version" 2>/dev/null)" != "$version" ]]; then
+            log "a node of version $(cat "$run/version" 2>/dev/null) is running; 'make opensearch-down' first"
+            exit 1
+        fi
         cat "$run/url"; return
     fi
     local home jhome port tport node

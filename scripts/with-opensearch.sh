@@ -4,7 +4,9 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 if [[ -z "${OPENSEARCH_URL:-}" ]]; then
-    trap '"$here/opensearch.sh" down' EXIT
+    # The node was started here, so it is stopped here (`down` ignores it while OPENSEARCH_URL
+    # is set, hence the unset).
+    trap 'env -u OPENSEARCH_URL "$here/opensearch.sh" down' EXIT
     OPENSEARCH_URL=$("$here/opensearch.sh" up)
     export OPENSEARCH_URL
 fi
