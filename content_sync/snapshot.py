@@ -37,18 +37,32 @@ _MEMBER = re.compile(r"^(?P<ctx>.+)_(?P<offset>\d+)_(?P<ts>\d+)\.json$")
 # others get an exact (slower) depth scan.
 CHEAP_BRACKETS = 2000
 MAX_DEPTH = 512
+_PAYLOAD_KEY = re.compile(rb'"payload"[ \t\r]*:[ \t\r]*(?=\{)')
+_WHITESPACE = b" \t\r\n"
+_CLOSE = ord("}")
+READ_CHUNK = 1024 * 1024
 _TOKENS = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]')
 
 
 @dataclass(frozen=True, slots=True)
 class Resource:
+    """One snapshot line: the payload either parsed, or as the raw JSON bytes of the line."""
+
     name: str
     offset: int
     version: int
-    payload: dict[str, Any]
+    payload: dict[str, Any] | None = None
+    raw_payload: bytes | None = None
 
     def source(self) -> bytes:
-        """The content document as stored in OpenSearch (compact UTF-8 JSON)."""
+        """The content document as stored in OpenSearch."""
+        if self.raw_payload is not None:
+            return b'{"offset":%d,"version":%d,"document":%s}' % (
+                self.offset,
+                self.version,
+                self.raw_payload,
+            )
+        assert self.payload is not None
         return content_source(self.offset, self.version, self.payload)
 
 
@@ -131,29 +145,81 @@ class SnapshotReader:
         self.complete = True
 
     def _parse(self, raw: IO[bytes]) -> Iterator[Resource]:
-        while True:
-            line = raw.readline(self.max_line_bytes + 1)
-            if not line:
-                return
-            self.bytes_read += len(line)
-            if self.bytes_read > self.max_uncompressed_bytes:
-                raise SnapshotError(
-                    f"{self.path}: member inflates beyond sync.max_uncompressed_bytes "
-                    f"({self.max_uncompressed_bytes})"
-                )
+        for line in self._lines(raw):
             if len(line) > self.max_line_bytes:
                 raise SnapshotError(
                     f"{self.path}: line {self.lines + 1} is longer than sync.max_line_bytes "
                     f"({self.max_line_bytes})"
                 )
-            if line.strip():
+            if line and not line.isspace():
                 self.lines += 1
                 yield self._resource(line)
+
+    def _lines(self, raw: IO[bytes]) -> Iterator[bytes]:
+        """Split the inflated stream into lines. (ZipExtFile.readline peeks a few bytes at a
+        time and costs more than the inflation itself.) Memory: one chunk plus one line."""
+        pending = b""
+        while chunk := raw.read(READ_CHUNK):
+            self.bytes_read += len(chunk)
+            if self.bytes_read > self.max_uncompressed_bytes:
+                raise SnapshotError(
+                    f"{self.path}: member inflates beyond sync.max_uncompressed_bytes "
+                    f"({self.max_uncompressed_bytes})"
+                )
+            lines = (pending + chunk).split(b"\n")
+            pending = lines.pop()
+            if len(pending) > self.max_line_bytes:
+                raise SnapshotError(
+                    f"{self.path}: line {self.lines + len(lines) + 1} is longer than "
+                    f"sync.max_line_bytes ({self.max_line_bytes})"
+                )
+            yield from lines
+        if pending:
+            yield pending
 
     def _resource(self, line: bytes) -> Resource:
         where = f"{self.path}: line {self.lines}"
         if line.count(b"[") + line.count(b"{") > CHEAP_BRACKETS and _depth(line) > MAX_DEPTH:
             raise SnapshotError(f"{where} is nested deeper than {MAX_DEPTH} levels")
+        return self._fast(line, where) or self._slow(line, where)
+
+    def _fast(self, line: bytes, where: str) -> Resource | None:
+        """The real layout: `{"name": .., "offset": .., "version": .., .., "payload": {..}}`.
+
+        Only the short metadata before the payload is parsed (ijson); the payload's bytes are
+        passed through as they are. Building Python objects for 12 KB records would cost more
+        CPU than OpenSearch spends indexing them. The payload is still checked, by OpenSearch:
+        it parses every source, and the strict content mapping refuses a document with any
+        extra or duplicate top-level key, so a line the splice misreads fails the load instead
+        of landing wrong. Anything else takes the slow path.
+        """
+        key = line.find(b'"payload"')
+        found = _PAYLOAD_KEY.match(line, key) if key >= 0 else None
+        if found is None:
+            return None
+        start = found.end()
+        # The line must close the payload object and then the line's object: `} }`.
+        end = len(line)
+        for _ in range(2):
+            while end and line[end - 1] in _WHITESPACE:
+                end -= 1
+            if not end or line[end - 1] != _CLOSE:
+                return None
+            end -= 1
+        end += 1  # keep the payload's own closing brace
+        if end <= start:
+            return None
+        try:
+            # '"payload":0}' closes the object only if the key really is a top-level one.
+            values = list(ijson.items(line[:key] + b'"payload":0}', "", use_float=True))
+        except ijson.JSONError:
+            return None
+        if len(values) != 1 or not isinstance(values[0], dict):
+            return None
+        name, offset, version = self._meta(values[0], where)
+        return Resource(name, offset, version, raw_payload=line[start:end])
+
+    def _slow(self, line: bytes, where: str) -> Resource:
         try:
             values = list(ijson.items(line, "", use_float=True, multiple_values=True))
         except ijson.JSONError as exc:
@@ -161,10 +227,17 @@ class SnapshotReader:
         if len(values) != 1 or not isinstance(values[0], dict):
             raise SnapshotError(f"{where} is not one JSON object")
         item: dict[str, Any] = values[0]
+        name, offset, version = self._meta(item, where)
+        payload = item.get("payload")
+        if not isinstance(payload, dict):
+            raise SnapshotError(f"{where} ({name}) has no payload object")
+        return Resource(name, offset, version, payload=payload)
+
+    def _meta(self, item: dict[str, Any], where: str) -> tuple[str, int, int]:
         name = item.get("name", item.get("resource"))
         if not isinstance(name, str) or not name or len(name) > 512:
             raise SnapshotError(f"{where} has no usable 'name'")
-        offset, version, payload = item.get("offset"), item.get("version", 0), item.get("payload")
+        offset, version = item.get("offset"), item.get("version", 0)
         if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
             raise SnapshotError(f"{where} ({name}) has offset {offset!r}")
         if self.max_offset is not None and offset > self.max_offset:
@@ -173,9 +246,7 @@ class SnapshotReader:
             )
         if isinstance(version, bool) or not isinstance(version, int):
             raise SnapshotError(f"{where} ({name}) has version {version!r}")
-        if not isinstance(payload, dict):
-            raise SnapshotError(f"{where} ({name}) has no payload object")
-        return Resource(name, offset, version, payload)
+        return name, offset, version
 
 
 def _depth(line: bytes) -> int:

@@ -468,7 +468,12 @@ class Store:
         todo = chunk
         attempt = 0
         while todo:
-            body = b"".join(a + (s + b"\n" if s is not None else b"") for a, s in todo)
+            parts: list[bytes] = []
+            for action, source in todo:
+                parts.append(action)
+                if source is not None:
+                    parts += (source, b"\n")
+            body = b"".join(parts)  # one copy of the documents, not three
             result = self._call(
                 f"bulk request of {len(todo)} items",
                 lambda body=body: self.client.bulk(  # type: ignore[misc]

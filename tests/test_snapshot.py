@@ -111,3 +111,36 @@ def test_deep_nesting_is_an_error_not_a_crash(tmp_path: Path) -> None:
     r = reader(make_zip(tmp_path / "s.zip", {MEMBER: deep}))
     with pytest.raises(SnapshotError, match="nested deeper"):
         list(r)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        b'{"name": "A", "offset": 3, "version": 2, "payload": {"k": [1, {"x": "}"}]}}',
+        b'{"name":"A","offset":3,"version":2,"payload":{"k":[1,{"x":"}"}]}}\r',
+        b'{"name": "A", "offset": 3, "version": 2, "payload" : {"k": [1, {"x": "}"}]} }  ',
+        # The payload is not the last key: the slow path parses the whole line.
+        b'{"payload": {"k": [1, {"x": "}"}]}, "name": "A", "offset": 3, "version": 2}',
+        b'{"name": "A", "payload": {"k": [1, {"x": "}"}]}, "offset": 3, "version": 2}',
+        # "payload" inside a string before the real key does not fool the splice.
+        b'{"name": "A", "note": "\\"payload\\": {", "offset": 3, "version": 2, '
+        b'"payload": {"k": [1, {"x": "}"}]}}',
+        # Nested "payload" keys belong to the payload.
+        b'{"name": "A", "offset": 3, "version": 2, "payload": {"k": [1, {"x": "}"}], '
+        b'"payload": {"a": 1}}}',
+    ],
+)
+def test_every_layout_gives_the_same_document(tmp_path: Path, text: bytes) -> None:
+    (resource,) = list(reader(make_zip(tmp_path / "s.zip", {MEMBER: text + b"\n"})))
+    expected = json.loads(text)["payload"]
+    assert (resource.name, resource.offset, resource.version) == ("A", 3, 2)
+    assert json.loads(resource.source()) == {"offset": 3, "version": 2, "document": expected}
+
+
+def test_canonical_lines_are_not_parsed_whole(tmp_path: Path) -> None:
+    """The fast path: only the metadata is parsed; the payload's bytes pass through unchanged
+    (OpenSearch parses and validates them at indexing, see test_snapshot_init)."""
+    text = b'{"name": "A", "offset": 3, "version": 2, "payload": {"b": 1.50, "a": "\\u00e9"}}\n'
+    (resource,) = list(reader(make_zip(tmp_path / "s.zip", {MEMBER: text})))
+    assert resource.raw_payload == b'{"b": 1.50, "a": "\\u00e9"}'
+    assert resource.payload is None

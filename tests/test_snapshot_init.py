@@ -168,3 +168,26 @@ def test_content_index_mapping_stores_payload_without_indexing_it(
     settings = os_client.indices.get_settings(index=index)[index]["settings"]["index"]
     assert "refresh_interval" not in settings  # restored to the default after the load
     assert settings.get("auto_expand_replicas") == "0-1"
+
+
+def test_payload_that_is_not_json_fails_the_load_at_the_node(
+    loaded: tuple[Runtime, Path], feed_server: FeedServer, os_client: OpenSearch, tmp_path: Path
+) -> None:
+    """A canonical line whose payload bytes are broken passes the splice, and the node refuses
+    it: the load fails as a whole and nothing changes."""
+    import zipfile
+
+    rt, temp = loaded
+    before = snapshot_before(rt)
+    archive = tmp_path / "vd_1.0.0_vd_4.8.0_9_1.json.zip"
+    good = b"".join(
+        b'{"name": "CVE-%d", "offset": %d, "version": 1, "payload": {"a": %d}}\n' % (i, i, i)
+        for i in range(1, 9)
+    )
+    bad = b'{"name": "CVE-9", "offset": 9, "version": 1, "payload": {"a": [1,}}\n'
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("vd_1.0.0_vd_4.8.0_9_1.json", good + bad)
+    result = rt.feed_sync(FEED).import_archive(archive)
+    assert result.outcome == "failed"
+    assert "CVE-9" in (result.error or "") and "400" in (result.error or "")
+    assert_untouched(rt, os_client, temp, before, "rejected")
