@@ -13,14 +13,14 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from content_sync import __version__
 from content_sync.errors import ContentSyncError, SettingsError
 from content_sync.logs import setup_logging
+from content_sync.memory import fix_malloc_thresholds
 from content_sync.progress import progress_events
 from content_sync.runtime import Runtime
-from content_sync.settings import Settings, load_settings
+from content_sync.settings import Settings, load_settings, public_url
 
 __all__ = ["main"]
 
@@ -55,6 +55,9 @@ def _parser() -> argparse.ArgumentParser:
     sync = sub.add_parser("sync", parents=[common], help="one synchronisation cycle now")
     sync.add_argument("--feed", metavar="NAME", help="only this feed (default: all)")
     sync.add_argument("--resync", action="store_true", help="re-initialise from the snapshot")
+    sync.add_argument(
+        "--dry-run", action="store_true", help="say what the cycle would do; write nothing"
+    )
 
     status = sub.add_parser("status", parents=[common], help="offsets, lag and state per feed")
     status.add_argument("--json", action="store_true", help="print one JSON object")
@@ -70,6 +73,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    fix_malloc_thresholds()
     try:
         settings = load_settings(args.config)
         if getattr(args, "feed", None):
@@ -101,10 +105,21 @@ def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_sync(args: argparse.Namespace, settings: Settings) -> int:
-    names = [args.feed] if args.feed else [f.name for f in settings.feeds]
+    feeds = [settings.feed(args.feed)] if args.feed else settings.feeds
     code = EXIT_OK
     with Runtime(settings, events=progress_events()) as runtime:
-        for name in names:
+        runtime.check_store()  # fail fast, with the reason, when OpenSearch is not there
+        for feed in feeds:
+            name = feed.name
+            if not feed.enabled or feed.offline:
+                why = "disabled" if not feed.enabled else "offline: use content-sync import"
+                print(f"feed {name}: skipped ({why})", file=sys.stderr)
+                if args.feed:
+                    code = EXIT_FAILED
+                continue
+            if args.dry_run:
+                print(runtime.feed_sync(name).plan(resync=args.resync).describe())
+                continue
             result = runtime.feed_sync(name).run_cycle(resync=args.resync)
             if result.outcome != "ok" or result.after != result.remote:
                 print(
@@ -135,6 +150,9 @@ def _cmd_status(args: argparse.Namespace, settings: Settings) -> int:
             state = runtime.store.peek_state(feed.state_id)
             local = state.local_offset if state else 0
             remote = state.remote_offset if state else 0
+            status: str = state.status if state else "new"
+            if not feed.enabled:
+                status = "disabled"
             rows.append(
                 {
                     "name": feed.name,
@@ -143,9 +161,11 @@ def _cmd_status(args: argparse.Namespace, settings: Settings) -> int:
                     "local_offset": local,
                     "remote_offset": remote,
                     "lag": max(remote - local, 0),
-                    "status": state.status if state else "new",
+                    "status": status,
                     "index": runtime.store.alias_target(feed.index),
                     "last_success_at": state.last_success_at if state else None,
+                    "next_run_at": state.next_run_at if state and feed.enabled else None,
+                    "offline": feed.offline,
                 }
             )
     if args.json:
@@ -155,17 +175,10 @@ def _cmd_status(args: argparse.Namespace, settings: Settings) -> int:
             print(
                 f"{row['name']}: {row['status']}, local {row['local_offset']}, remote "
                 f"{row['remote_offset']}, lag {row['lag']}, index {row['index']}, "
-                f"last success {row['last_success_at']}"
+                f"last success {row['last_success_at']}, next run {row['next_run_at']}"
+                + (" (offline)" if row["offline"] else "")
             )
     return EXIT_OK
-
-
-def _public(url: str) -> str:
-    """A URL without credentials, for printing."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 def _cmd_check(args: argparse.Namespace, settings: Settings) -> int:
@@ -181,13 +194,18 @@ def _cmd_check(args: argparse.Namespace, settings: Settings) -> int:
     print(f"ok   settings ({len(settings.feeds)} feed(s))")
     with Runtime(settings, quick=True) as runtime:
         for feed in settings.feeds:
+            if feed.offline:
+                print(f"skip feed {feed.name} (offline)")
+                continue
             url = runtime.client.consumer_url(feed.context, feed.consumer)
             try:
                 info = runtime.client.consumer(feed.context, feed.consumer)
-                report(f"feed {feed.name} at {_public(url)} (last_offset {info.last_offset})", None)
+                report(
+                    f"feed {feed.name} at {public_url(url)} (last_offset {info.last_offset})", None
+                )
             except ContentSyncError as exc:
-                report(f"feed {feed.name} at {_public(url)}", str(exc))
-        hosts = ", ".join(_public(h) for h in settings.opensearch.hosts)
+                report(f"feed {feed.name} at {public_url(url)}", str(exc))
+        hosts = ", ".join(public_url(h) for h in settings.opensearch.hosts)
         try:
             version = runtime.store.client.info()["version"]["number"]
             report(f"OpenSearch {version} at {hosts}", None)
@@ -197,7 +215,7 @@ def _cmd_check(args: argparse.Namespace, settings: Settings) -> int:
         if not cm.enabled:
             print("skip Command Manager (command_manager.enabled is false)")
         else:
-            report(f"Command Manager at {_public(cm.url)}", runtime.notifier.probe())
+            report(f"Command Manager at {public_url(cm.url)}", runtime.notifier.probe())
     return EXIT_OK if ok else EXIT_FAILED
 
 

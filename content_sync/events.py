@@ -57,8 +57,9 @@ class Events:
     def cycle_started(self, feed: str) -> None:
         """A cycle (or an import) begins."""
 
-    def cycle_finished(self, result: CycleResult, state: FeedState) -> None:
-        """A cycle ended; `state` is what was recorded for the feed."""
+    def cycle_finished(self, result: CycleResult, state: FeedState | None) -> None:
+        """A cycle ended; `state` is what was recorded for the feed (None: unknown, the state
+        could not even be read)."""
 
 
 class Fanout(Events):
@@ -95,6 +96,6 @@ class Fanout(Events):
         for o in self.observers:
             o.cycle_started(feed)
 
-    def cycle_finished(self, result: CycleResult, state: FeedState) -> None:
+    def cycle_finished(self, result: CycleResult, state: FeedState | None) -> None:
         for o in self.observers:
             o.cycle_finished(result, state)

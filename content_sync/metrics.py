@@ -51,11 +51,13 @@ class _Feed:
 
 
 class Metrics(Events):
-    def __init__(self, feeds: list[str], *, period: float, healthy_intervals: float) -> None:
+    def __init__(self, periods: dict[str, float], *, healthy_intervals: float) -> None:
+        """`periods`: each scheduled feed and the seconds between its runs."""
         self.registry = CollectorRegistry()
-        self.period = period
+        self.periods = periods
         self.healthy_intervals = healthy_intervals
         self.started = time.time()
+        feeds = list(periods)
         self._feeds = {name: _Feed() for name in feeds}
         self._lock = threading.Lock()
         r = self.registry
@@ -150,13 +152,16 @@ class Metrics(Events):
         self.last_attempt.labels(feed).set(time.time())
         self._set_status(feed, "running")
 
-    def cycle_finished(self, result: CycleResult, state: FeedState) -> None:
+    def cycle_finished(self, result: CycleResult, state: FeedState | None) -> None:
         feed = result.feed
-        self.local_offset.labels(feed).set(state.local_offset)
-        self.remote_offset.labels(feed).set(state.remote_offset)
-        self.lag.labels(feed).set(max(state.remote_offset - state.local_offset, 0))
-        self._set_status(feed, state.status)
-        self.pending.labels(feed).set(1 if state.pending_command is not None else 0)
+        if state is not None:
+            self.local_offset.labels(feed).set(state.local_offset)
+            self.remote_offset.labels(feed).set(state.remote_offset)
+            self.lag.labels(feed).set(max(state.remote_offset - state.local_offset, 0))
+            self._set_status(feed, state.status)
+            self.pending.labels(feed).set(1 if state.pending_command is not None else 0)
+        else:
+            self._set_status(feed, "failed")
         self.duration.labels(feed).observe(result.seconds)
         with self._lock:
             record = self._feeds.setdefault(feed, _Feed())
@@ -178,10 +183,10 @@ class Metrics(Events):
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         now = time.time()
-        limit = self.healthy_intervals * self.period
         feeds: dict[str, Any] = {}
         with self._lock:
             for name, record in self._feeds.items():
+                limit = self.healthy_intervals * self.periods.get(name, 3600.0)
                 problem: str | None = None
                 since = record.last_success or self.started
                 if record.outcome == "failed":

@@ -5,11 +5,14 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
+import opensearchpy
+
+from content_sync.errors import StoreError, StoreUnavailable
 from content_sync.events import Events, current_feed
 from content_sync.feed import FeedClient
 from content_sync.notify import Notifier
 from content_sync.retry import RetryPolicy
-from content_sync.settings import Settings
+from content_sync.settings import Settings, public_url
 from content_sync.store import Store, make_client
 from content_sync.sync import FeedSync
 
@@ -42,6 +45,19 @@ class Runtime:
         )
         self.store.lease_ttl = self.settings.sync.lease_ttl
         self.notifier = Notifier(self.settings.command_manager, self.retry)
+
+    def check_store(self) -> None:
+        """One quick request: raises StoreUnavailable naming the hosts when OpenSearch is not
+        reachable or refuses our credentials."""
+        hosts = ", ".join(public_url(h) for h in self.settings.opensearch.hosts)
+        try:
+            self.store.client.info(request_timeout=10)
+        except opensearchpy.AuthenticationException:
+            raise StoreError(f"OpenSearch at {hosts} refused the credentials") from None
+        except opensearchpy.TransportError as exc:
+            raise StoreUnavailable(
+                f"OpenSearch at {hosts} is not reachable: {type(exc).__name__}"
+            ) from None
 
     def feed_sync(self, name: str) -> FeedSync:
         return FeedSync(

@@ -6,7 +6,9 @@ Scheduling choices, on purpose:
 - coalesce=True: runs missed while a long cycle (a 4 GiB snapshot) was busy collapse into one;
 - misfire_grace_time (settings, default 10 min): a run that starts late still runs, instead of
   APScheduler's 1 s default silently skipping it;
-- jitter: replicas and feeds do not hit the feed in lockstep.
+- jitter: replicas and feeds do not hit the feed in lockstep;
+- a failed cycle (OpenSearch not up yet, the feed down) is retried after a backoff that doubles
+  up to the feed's interval, instead of waiting a whole interval each time.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from types import FrameType
 
 from apscheduler.executors.pool import ThreadPoolExecutor
@@ -26,12 +28,21 @@ from apscheduler.triggers.interval import IntervalTrigger
 from content_sync.events import Events, Fanout
 from content_sync.metrics import Metrics, schedule_period
 from content_sync.runtime import Runtime
-from content_sync.settings import ScheduleSettings, Settings
+from content_sync.settings import FeedSettings, ScheduleSettings, Settings
+from content_sync.sync import CycleResult
 from content_sync.web import HttpServer, TriggerResult
 
 __all__ = ["Service", "make_trigger"]
 
 log = logging.getLogger(__name__)
+
+
+FAILURE_BACKOFF = 15.0  # seconds before the first retry of a failed cycle
+
+
+def scheduled(settings: Settings) -> list[FeedSettings]:
+    """The feeds the service runs: enabled and online."""
+    return [f for f in settings.feeds if f.enabled and not f.offline]
 
 
 def make_trigger(schedule: ScheduleSettings) -> BaseTrigger:
@@ -53,7 +64,8 @@ class Service:
         self.metrics = metrics
         self._resync: set[str] = set()
         self._running: set[str] = set()
-        self._lock = threading.Lock()
+        self._failures: dict[str, int] = {}
+        self._lock = threading.Condition()
         self.scheduler = BackgroundScheduler(
             timezone=UTC,
             executors={"default": ThreadPoolExecutor(max_workers=max(1, len(self.settings.feeds)))},
@@ -65,8 +77,7 @@ class Service:
     @classmethod
     def build(cls, settings: Settings, *extra_events: Events) -> Service:
         metrics = Metrics(
-            [f.name for f in settings.feeds],
-            period=schedule_period(settings.schedule),
+            {f.name: schedule_period(settings.schedule.for_feed(f)) for f in scheduled(settings)},
             healthy_intervals=settings.http.healthy_intervals,
         )
         runtime = Runtime(settings, events=Fanout(metrics, *extra_events))
@@ -79,12 +90,37 @@ class Service:
             self._running.add(name)
         try:
             if not self.runtime.stop.is_set():
-                self.runtime.feed_sync(name).run_cycle(resync=resync)
+                sync = self.runtime.feed_sync(name)
+                sync.next_run = lambda result: self._next_run(name, result)
+                sync.run_cycle(resync=resync)
         except Exception:  # a bug must not kill the schedule; the next run tries again
             log.exception("feed %s: unexpected error in the cycle", name)
         finally:
             with self._lock:
                 self._running.discard(name)
+                self._lock.notify_all()
+
+    def _next_run(self, name: str, result: CycleResult) -> str | None:
+        """After a cycle: on failure, come back after a backoff (doubling, capped at the feed's
+        period); on success, follow the schedule. Returns the next run time for the state."""
+        if self.runtime.stop.is_set():
+            return None  # shutting down: no next run (and the scheduler's lock may be held)
+        job = self.scheduler.get_job(f"feed-{name}")
+        if job is None:
+            return None
+        if result.outcome == "failed":
+            failures = self._failures.get(name, 0) + 1
+            self._failures[name] = failures
+            period = self.metrics.periods.get(name, 3600.0)
+            delay = min(period, FAILURE_BACKOFF * 2 ** (failures - 1))
+            soon = datetime.now(UTC) + timedelta(seconds=delay)
+            if job.next_run_time is None or soon < job.next_run_time:
+                job.modify(next_run_time=soon)
+                log.info("feed %s: cycle failed; trying again in %.0f s", name, delay)
+        else:
+            self._failures.pop(name, None)
+        when = job.next_run_time
+        return when.astimezone(UTC).isoformat(timespec="seconds") if when else None
 
     def trigger(self, name: str, resync: bool) -> TriggerResult:
         """Run a feed's cycle now (the on-demand trigger)."""
@@ -101,9 +137,16 @@ class Service:
         return "queued"
 
     def start(self, *, resync: bool = False) -> None:
-        schedule = self.settings.schedule
         now = datetime.now(UTC)
         for feed in self.settings.feeds:
+            if feed not in scheduled(self.settings):
+                log.info(
+                    "feed %s is %s: not scheduled",
+                    feed.name,
+                    "disabled" if not feed.enabled else "offline (content comes by import)",
+                )
+        for feed in scheduled(self.settings):
+            schedule = self.settings.schedule.for_feed(feed)
             if resync:
                 self._resync.add(feed.name)
             # --resync must happen now even when run_on_start is off. (Passing
@@ -129,6 +172,10 @@ class Service:
     def stop(self) -> None:
         """Stop scheduling and wait for running cycles to reach a safe point."""
         self.runtime.stop.set()
+        # Wait for running cycles here, not in shutdown(wait=True): that holds the scheduler's
+        # lock while it waits, and a cycle ending asks the scheduler for its next run time.
+        with self._lock:
+            self._lock.wait_for(lambda: not self._running)
         self.scheduler.shutdown(wait=True)
         if self.http is not None:
             self.http.stop()

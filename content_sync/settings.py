@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 from pydantic import (
@@ -41,6 +41,7 @@ __all__ = [
     "SyncSettings",
     "load_settings",
     "parse_duration",
+    "public_url",
 ]
 
 ENV_PREFIX = "CONTENT_SYNC_"
@@ -105,15 +106,27 @@ class ScheduleSettings(_Section):
     @field_validator("cron")
     @classmethod
     def _cron_valid(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        from apscheduler.triggers.cron import CronTrigger
+        return _check_cron(value)
 
-        try:
-            CronTrigger.from_crontab(value)
-        except ValueError as exc:
-            raise ValueError(f"not a crontab expression: {exc}") from None
-        return value
+    def for_feed(self, feed: FeedSettings) -> ScheduleSettings:
+        """This schedule with a feed's own interval or cron in place of the global one."""
+        if feed.cron:
+            return self.model_copy(update={"cron": feed.cron, "interval": None})
+        if feed.interval:
+            return self.model_copy(update={"interval": feed.interval, "cron": None})
+        return self
+
+
+def _check_cron(value: str | None) -> str | None:
+    if value is None:
+        return None
+    from apscheduler.triggers.cron import CronTrigger
+
+    try:
+        CronTrigger.from_crontab(value)
+    except ValueError as exc:
+        raise ValueError(f"not a crontab expression: {exc}") from None
+    return value
 
 
 class CTISettings(_Section):
@@ -144,6 +157,24 @@ class FeedSettings(_Section):
     context: str = Field(min_length=1)
     consumer: str = Field(min_length=1)
     index: str = Field(min_length=1, pattern=r"^[a-z0-9][a-z0-9_.-]*$")
+    # A disabled feed is never synchronised (status shows it as disabled).
+    enabled: bool = True
+    # Offline (air-gapped): no request to the feed, ever; content arrives by `import`.
+    offline: bool = False
+    # This feed's own schedule, instead of the global one.
+    interval: Seconds | None = Field(default=None, gt=0)
+    cron: str | None = None
+
+    @field_validator("cron")
+    @classmethod
+    def _cron_valid(cls, value: str | None) -> str | None:
+        return _check_cron(value)
+
+    @model_validator(mode="after")
+    def _one_schedule(self) -> FeedSettings:
+        if self.interval is not None and self.cron is not None:
+            raise ValueError("give either interval or cron, not both")
+        return self
 
     @property
     def state_id(self) -> str:
@@ -201,6 +232,11 @@ class SyncSettings(_Section):
     # One writer per feed: a lease in the state document, renewed while a cycle runs; if its
     # holder dies, another process may take the feed over after this long.
     lease_ttl: Seconds = Field(default=60.0, ge=1)
+    # Keep the last archive that initialised a feed, to re-initialise from it when drift is
+    # found while the feed cannot serve a snapshot. Off by default; needs room on disk.
+    keep_archive: bool = False
+    keep_archive_dir: Path | None = None
+    keep_archive_max_bytes: int = Field(default=2 * GiB, gt=0)
 
 
 class RetrySettings(_Section):
@@ -261,6 +297,14 @@ class Settings(_Section):
                 return feed
         known = ", ".join(f.name for f in self.feeds)
         raise SettingsError(f"feeds: no feed named {name!r} (configured: {known})")
+
+
+def public_url(url: str) -> str:
+    """A URL fit for printing: without user:password and query."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> None:

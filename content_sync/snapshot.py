@@ -17,11 +17,12 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import ijson
 
 from content_sync.errors import SnapshotError
+from content_sync.zipstream import inflate_member
 
 __all__ = ["Resource", "SnapshotReader", "content_source", "offset_from_member_name"]
 
@@ -40,7 +41,6 @@ MAX_DEPTH = 512
 _PAYLOAD_KEY = re.compile(rb'"payload"[ \t\r]*:[ \t\r]*(?=\{)')
 _WHITESPACE = b" \t\r\n"
 _CLOSE = ord("}")
-READ_CHUNK = 1024 * 1024
 _TOKENS = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]')
 
 
@@ -97,6 +97,8 @@ class SnapshotReader:
     lines: int = 0
     bytes_read: int = 0
     complete: bool = False
+    _prefix_parser: Any = None
+    _prefix_sink: Any = None
 
     def _open_member(self, archive: zipfile.ZipFile) -> zipfile.ZipInfo:
         infos = archive.infolist()
@@ -128,14 +130,11 @@ class SnapshotReader:
             self.member_name = info.filename
             self.declared_size = info.file_size
             try:
-                with archive.open(info) as raw:
-                    yield from self._parse(raw)
-            except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
-                # zipfile raises BadZipFile("Bad CRC-32 ...") at the end of a corrupt member and
-                # EOFError/zlib errors on a truncated one.
+                yield from self._parse(inflate_member(self.path, info))
+            except OSError as exc:
                 raise SnapshotError(
-                    f"{self.path}: member {info.filename!r} is corrupt "
-                    f"after line {self.lines}: {exc}"
+                    f"{self.path}: cannot read member {info.filename!r} after line "
+                    f"{self.lines}: {exc}"
                 ) from None
         if self.bytes_read != self.declared_size:
             raise SnapshotError(
@@ -144,8 +143,8 @@ class SnapshotReader:
             )
         self.complete = True
 
-    def _parse(self, raw: IO[bytes]) -> Iterator[Resource]:
-        for line in self._lines(raw):
+    def _parse(self, chunks: Iterator[bytes]) -> Iterator[Resource]:
+        for line in self._lines(chunks):
             if len(line) > self.max_line_bytes:
                 raise SnapshotError(
                     f"{self.path}: line {self.lines + 1} is longer than sync.max_line_bytes "
@@ -155,11 +154,10 @@ class SnapshotReader:
                 self.lines += 1
                 yield self._resource(line)
 
-    def _lines(self, raw: IO[bytes]) -> Iterator[bytes]:
-        """Split the inflated stream into lines. (ZipExtFile.readline peeks a few bytes at a
-        time and costs more than the inflation itself.) Memory: one chunk plus one line."""
+    def _lines(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
+        """Split the inflated stream into lines. Memory: one chunk plus one line."""
         pending = b""
-        while chunk := raw.read(READ_CHUNK):
+        for chunk in chunks:
             self.bytes_read += len(chunk)
             if self.bytes_read > self.max_uncompressed_bytes:
                 raise SnapshotError(
@@ -209,15 +207,31 @@ class SnapshotReader:
         end += 1  # keep the payload's own closing brace
         if end <= start:
             return None
-        try:
-            # '"payload":0}' closes the object only if the key really is a top-level one.
-            values = list(ijson.items(line[:key] + b'"payload":0}', "", use_float=True))
-        except ijson.JSONError:
+        item = self._parse_prefix(line[:key] + b'"payload":0}')
+        if item is None:
             return None
-        if len(values) != 1 or not isinstance(values[0], dict):
-            return None
-        name, offset, version = self._meta(values[0], where)
+        name, offset, version = self._meta(item, where)
         return Resource(name, offset, version, raw_payload=line[start:end])
+
+    def _parse_prefix(self, prefix: bytes) -> dict[str, Any] | None:
+        """Parse the metadata prefix with one long-lived ijson parser (a fresh one per line costs
+        more than the parse). '"payload":0}' closes the object only if the key really is a
+        top-level one; otherwise the parser errs or waits for more input, and is replaced."""
+        if self._prefix_parser is None:
+            self._prefix_sink = ijson.sendable_list()
+            self._prefix_parser = ijson.items_coro(
+                self._prefix_sink, "", use_float=True, multiple_values=True
+            )
+        try:
+            self._prefix_parser.send(prefix)
+        except ijson.JSONError:
+            self._prefix_parser = None
+            return None
+        if len(self._prefix_sink) != 1 or not isinstance(self._prefix_sink[0], dict):
+            self._prefix_parser = None  # mid-value or confused: start afresh next time
+            return None
+        item: dict[str, Any] = self._prefix_sink.pop()
+        return item
 
     def _slow(self, line: bytes, where: str) -> Resource:
         try:

@@ -144,6 +144,8 @@ class FeedState:
     # The lease: who is writing this feed now, and until when (epoch seconds) unless renewed.
     lease_owner: str | None = None
     lease_expires_at: float | None = None
+    # When the service that last ran this feed will run it next (ISO 8601 UTC).
+    next_run_at: str | None = None
 
     def lease_held_by_other(self, owner: str, now: float) -> bool:
         return (

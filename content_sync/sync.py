@@ -18,12 +18,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import socket
+import tempfile
 import threading
 import time
 import uuid
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -35,9 +37,11 @@ from content_sync.errors import (
     LeaseLostError,
     SnapshotError,
     Stopped,
+    TransientError,
 )
 from content_sync.events import Events, feed_context
 from content_sync.feed import ConsumerInfo, FeedClient, iter_windows
+from content_sync.keep import ArchiveKeeper
 from content_sync.loader import load_archive
 from content_sync.notify import Notifier
 from content_sync.patching import apply_window, touched
@@ -45,7 +49,7 @@ from content_sync.settings import FeedSettings, Settings
 from content_sync.snapshot import content_source, offset_from_member_name
 from content_sync.store import BulkOp, FeedState, Store, utcnow
 
-__all__ = ["CycleResult", "FeedSync", "Stopped"]
+__all__ = ["CycleResult", "FeedSync", "Plan", "Stopped"]
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +71,16 @@ def _archive_offset(archive: Path) -> int:
             f"{archive}: cannot tell its offset from the member name {names[:1]}; give --offset"
         )
     return offset
+
+
+def _default_keep_dir() -> Path:
+    return Path(os.environ.get("STATE_DIRECTORY") or "/var/lib/content-sync") / "archives"
+
+
+def _temp_copy_name(temp_dir: Path | None) -> str:
+    fd, name = tempfile.mkstemp(prefix="content-sync-kept-", suffix=".zip", dir=temp_dir)
+    os.close(fd)
+    return name
 
 
 def default_owner() -> str:
@@ -107,6 +121,35 @@ class CycleResult:
         return text
 
 
+@dataclass(frozen=True)
+class Plan:
+    """What a cycle would do: nothing, a snapshot (which offset, why), and/or windows."""
+
+    feed: str
+    local_offset: int
+    remote_offset: int
+    snapshot_reason: str | None
+    snapshot_offset: int | None
+    windows: int
+    held_by: str | None = None
+
+    def describe(self) -> str:
+        if self.held_by:
+            return f"feed {self.feed}: would skip: held by {self.held_by}"
+        if self.snapshot_reason is None and self.windows == 0:
+            return f"feed {self.feed}: nothing to do, in sync at offset {self.local_offset}"
+        steps = []
+        if self.snapshot_reason is not None:
+            steps.append(
+                f"load the snapshot at offset {self.snapshot_offset} ({self.snapshot_reason})"
+            )
+        if self.windows:
+            steps.append(f"apply {self.windows} window(s) of changes up to {self.remote_offset}")
+        return f"feed {self.feed}: offset {self.local_offset} -> {self.remote_offset}: " + (
+            ", then ".join(steps)
+        )
+
+
 class FeedSync:
     """Synchronises one configured feed. One instance per feed; not re-entrant."""
 
@@ -130,7 +173,15 @@ class FeedSync:
         self.events = events or Events()
         self.stop = stop or threading.Event()
         self.owner = owner or default_owner()
+        sync = settings.sync
+        self.keeper = (
+            ArchiveKeeper(sync.keep_archive_dir or _default_keep_dir(), sync.keep_archive_max_bytes)
+            if sync.keep_archive
+            else None
+        )
         self._lease_lost = threading.Event()
+        # Set by the service: decides the next run after this cycle (ISO time), for the state.
+        self.next_run: Callable[[CycleResult], str | None] | None = None
 
     # -- the cycle -------------------------------------------------------------------------------
 
@@ -142,7 +193,17 @@ class FeedSync:
     def _cycle(self, *, resync: bool) -> CycleResult:
         started = time.monotonic()
         feed = self.feed
-        state = self.store.load_state(feed.state_id) or FeedState(feed.context, feed.consumer)
+        try:
+            loaded = self.store.load_state(feed.state_id)
+        except ContentSyncError as exc:
+            # Nothing is known, so nothing is written: not even a failed status.
+            result = CycleResult(feed=feed.name, before=0, outcome="failed", error=str(exc))
+            log.error("feed %s: cannot read its state: %s", feed.name, exc)
+            if self.next_run is not None:
+                self.next_run(result)
+            self.events.cycle_finished(result, None)
+            return result
+        state = loaded or FeedState(feed.context, feed.consumer)
         result = CycleResult(feed=feed.name, before=state.local_offset, after=state.local_offset)
         if state.lease_held_by_other(self.owner, time.time()):
             result.outcome = "skipped"
@@ -236,6 +297,8 @@ class FeedSync:
         else:
             state.status = "ready"  # stopped between windows: what is recorded is complete
         state.lease_owner = state.lease_expires_at = None  # released with this write
+        if self.next_run is not None:
+            state.next_run_at = self.next_run(result)
         if result.moved:
             state.pending_command = state.local_offset
         if (
@@ -278,12 +341,29 @@ class FeedSync:
         self.events.snapshot_started(feed.name, reason)
         result.snapshots.append(reason)
         sync = self.settings.sync
-        archive = self.client.download_snapshot(
-            info.snapshot_link,
-            temp_dir=sync.temp_dir,
-            max_bytes=sync.max_archive_bytes,
-            progress=lambda done, total: self.events.download_progress(feed.name, done, total),
-        )
+        offset, source = info.snapshot_offset, "feed"
+        link: str | None = info.snapshot_link
+        try:
+            archive = self.client.download_snapshot(
+                info.snapshot_link,
+                temp_dir=sync.temp_dir,
+                max_bytes=sync.max_archive_bytes,
+                progress=lambda done, total: self.events.download_progress(feed.name, done, total),
+            )
+        except (FeedError, TransientError) as exc:
+            kept = self.keeper.latest(feed.state_id) if self.keeper else None
+            if kept is None or reason not in ("drift", "invalid-copy"):
+                raise
+            log.warning(
+                "feed %s: the snapshot cannot be downloaded (%s); re-initialising from the kept "
+                "archive at offset %d: the content will be older than the feed's (%d)",
+                feed.name,
+                exc,
+                kept.offset,
+                info.last_offset,
+            )
+            archive = Path(shutil.copy(kept.path, _temp_copy_name(sync.temp_dir)))
+            offset, link, source = kept.offset, kept.link, f"kept:{kept.path.name}"
         try:
             self._check_stop()
             loaded = load_archive(
@@ -291,21 +371,56 @@ class FeedSync:
                 feed.index,
                 archive,
                 limits=sync,
-                snapshot_offset=info.snapshot_offset,
+                snapshot_offset=offset,
                 concurrency=self.settings.opensearch.bulk_concurrency,
                 progress=lambda docs, size: self.events.index_progress(feed.name, docs, size),
                 should_stop=self.stop.is_set,
             )
+            if self.keeper is not None and source == "feed":
+                self.keeper.keep(feed.state_id, archive, offset=offset, link=link)
         finally:
             archive.unlink(missing_ok=True)
         result.documents += loaded.documents
         self.events.docs_written(feed.name, loaded.documents)
-        state.local_offset = info.snapshot_offset
-        state.snapshot_link = info.snapshot_link
-        state.snapshot_offset = info.snapshot_offset
+        state.local_offset = offset
+        state.snapshot_link = link
+        state.snapshot_offset = offset
         state.index = loaded.index
-        state.content_source = "feed"
+        state.content_source = source
         self.store.save_state(feed.state_id, state)
+        if source != "feed":
+            # Correct content, but older than the feed's: patching on needs the feed back.
+            raise FeedError(
+                f"feed {feed.name}: restored the kept archive at offset {offset}; the feed's "
+                f"snapshot could not be downloaded, so the content is older than the feed's"
+            )
+
+    def plan(self, *, resync: bool = False) -> Plan:
+        """What run_cycle would do now, without writing anything (`sync --dry-run`)."""
+        feed = self.feed
+        state = self.store.peek_state(feed.state_id) or FeedState(feed.context, feed.consumer)
+        info = self.client.consumer(feed.context, feed.consumer)
+        reason = self._snapshot_reason(state, info, resync=resync)
+        if (
+            reason is None
+            and state.local_offset != info.last_offset
+            and self.store.alias_target(feed.index) is None
+        ):
+            reason = "invalid-copy"
+        start = info.snapshot_offset if reason is not None else state.local_offset
+        batch = self.settings.sync.batch_size
+        windows = max(0, -(-(info.last_offset - start) // batch))
+        return Plan(
+            feed=feed.name,
+            local_offset=state.local_offset,
+            remote_offset=info.last_offset,
+            snapshot_reason=reason,
+            snapshot_offset=info.snapshot_offset if reason is not None else None,
+            windows=windows,
+            held_by=state.lease_owner
+            if state.lease_held_by_other(self.owner, time.time())
+            else None,
+        )
 
     def import_archive(self, archive: Path, *, offset: int | None = None) -> CycleResult:
         """Initialise the feed from an archive on disk (air-gapped sites): same streaming,

@@ -126,6 +126,8 @@ class FeedServer:
         page_limit: int = 1000,
     ) -> None:
         self.model = model
+        # More consumers served beside `model` (tests of several feeds on one CTI base URL).
+        self.extra_models: list[FeedModel] = []
         self.host = host
         self.snapshot_host = snapshot_host
         self.page_limit = page_limit
@@ -213,9 +215,9 @@ class FeedServer:
     def command_url(self) -> str:
         return f"{self.origin}{_COMMAND_PATH}"
 
-    def snapshot_url(self, name: str | None = None) -> str:
+    def snapshot_url(self, name: str | None = None, model: FeedModel | None = None) -> str:
         """The link of snapshot `name` (default: the current one), as the consumer shows it."""
-        m = self.model
+        m = model or self.model
         return (
             f"http://{self.snapshot_host or self.host}:{self.port}{_STORE}{m.context}"
             f"/consumers/{m.consumer}/{name or m.snapshot_name}"
@@ -484,6 +486,13 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command not in ("GET", "HEAD"):
             self._json(405, {"errors": {"detail": "Method Not Allowed"}})
             return
+        for candidate in (model, *feed.extra_models):
+            api = f"{_API}{candidate.context}/consumers/{candidate.consumer}"
+            if path == api or path.startswith(
+                (api + "/", f"{_STORE}{candidate.context}/consumers/{candidate.consumer}/")
+            ):
+                model = candidate
+                break
         prefix = f"{_API}{model.context}/consumers/{model.consumer}"
         store = f"{_STORE}{model.context}/consumers/{model.consumer}/"
         if path in (prefix, prefix + "/"):
@@ -499,7 +508,7 @@ class _Handler(BaseHTTPRequestHandler):
         with model.lock:  # one consistent view even while a test appends or publishes
             head = model.head_offset
             snap = model.snapshot
-            link = feed.snapshot_url(snap.name) if snap else None
+            link = feed.snapshot_url(snap.name, model) if snap else None
             data = {
                 "id": 4,
                 "name": model.consumer,

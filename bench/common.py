@@ -1,0 +1,121 @@
+"""Shared pieces of the benchmarks: the node, the product as a subprocess, peak memory, tables."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from opensearchpy import OpenSearch
+
+from content_sync.testing.server import FeedServer
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+SCRIPT = str(Path(sys.executable).parent / "content-sync")
+
+
+def opensearch_url() -> str:
+    url = os.environ.get("OPENSEARCH_URL")
+    if not url:
+        sys.exit("OPENSEARCH_URL is not set: run the benchmarks with `make bench`")
+    return url
+
+
+def client(url: str) -> OpenSearch:
+    return OpenSearch(url, timeout=300, pool_maxsize=8)
+
+
+@dataclass
+class Run:
+    name: str
+    seconds: float
+    docs: int
+    bytes: int
+    peak_rss_mb: float | None = None
+    cpu_seconds: float | None = None  # of the client process (product or baseline)
+    node_cpu_seconds: float | None = None  # of the OpenSearch node during the run
+
+    @property
+    def docs_per_s(self) -> float:
+        return self.docs / self.seconds
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.bytes / 1e6 / self.seconds
+
+    def row(self) -> dict[str, Any]:
+        out = asdict(self)
+        out.update(docs_per_s=round(self.docs_per_s, 1), mb_per_s=round(self.mb_per_s, 2))
+        return out
+
+
+def write_settings(path: Path, server: FeedServer, url: str, prefix: str, **sync: Any) -> Path:
+    model = server.model
+    data = {
+        "cti": {"base_url": server.base_url, "timeout": 120},
+        "feeds": [
+            {
+                "name": "bench",
+                "context": model.context,
+                "consumer": model.consumer,
+                "index": f"{prefix}-cve",
+            }
+        ],
+        "opensearch": {
+            "hosts": [url],
+            "username": None,
+            "verify_certs": False,
+            "state_index": f"{prefix}-state",
+            "timeout": 300,
+        },
+        "command_manager": {"enabled": False},
+        "sync": {"temp_dir": str(path.parent), **sync},
+        "http": {"enabled": False},
+        "logging": {"level": "WARNING"},
+    }
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def node_cpu_seconds(url: str) -> float:
+    """CPU time the node's process has used so far (user + system), from the OS."""
+    stats = client(url).nodes.stats(metric="process")
+    node = next(iter(stats["nodes"].values()))
+    return float(node["process"]["cpu"]["total_in_millis"]) / 1000
+
+
+def run_product(config: Path, *args: str) -> tuple[float, float, float]:
+    """Run the real console script; return (wall seconds, peak RSS MB, CPU seconds) of it."""
+    started = time.perf_counter()
+    proc = subprocess.Popen([SCRIPT, *args, "--config", str(config)])
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        sys.exit(f"content-sync {' '.join(args)} failed with exit {proc.returncode}")
+    return seconds, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime  # maxrss in KiB
+
+
+def save(name: str, payload: dict[str, Any]) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(payload, indent=2))
+    return path
+
+
+def table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = [
+        "  ".join(
+            c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))
+        )
+        for r in rows
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,234 @@
+"""Snapshot initialisation: the product end to end against the limit and a naive baseline.
+
+For each size N (resources of ~12 KB from the local feed), in one run on the same node:
+- product: `content-sync sync` (a real process) on a fresh feed: download, stream, parse with
+  ijson, bulk-load a new index, verify, swap. Wall time and peak RSS of that process.
+- limit:   the same documents as ready-made bulk bodies (built beforehand, the product's own
+  chunking: same count/byte bounds), same index settings and concurrency, posted straight to the
+  node: no download, no parsing. What the node can take.
+- naive:   extract the zip to disk, json.loads every line, opensearchpy.helpers.bulk with its
+  defaults, one request at a time.
+
+Usage: python bench/snapshot.py [--sizes 50000,200000] [--skip-naive]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+import zipfile
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from opensearchpy import OpenSearch, helpers
+
+from bench.common import (
+    Run,
+    client,
+    node_cpu_seconds,
+    opensearch_url,
+    run_product,
+    save,
+    table,
+    write_settings,
+)
+from content_sync.retry import RetryPolicy
+from content_sync.settings import OpenSearchSettings
+from content_sync.snapshot import content_source
+from content_sync.store import CONTENT_MAPPING, Store
+from content_sync.testing.model import FeedModel
+from content_sync.testing.server import FeedServer
+
+
+def snapshot_lines(archive: Path) -> Iterator[dict[str, Any]]:
+    with zipfile.ZipFile(archive) as zf, zf.open(zf.infolist()[0]) as member:
+        for line in member:
+            yield json.loads(line)
+
+
+def build_bodies(
+    archive: Path, index: str, out: Path, store: Store
+) -> tuple[list[tuple[int, int]], int, int]:
+    """Write the product's bulk bodies for `archive` to `out`; return their spans, docs, bytes."""
+    ops = (
+        ("index", d["name"], content_source(d["offset"], d["version"], d["payload"]), d["offset"])
+        for d in snapshot_lines(archive)
+    )
+    spans, docs, pos = [], 0, 0
+    with out.open("wb") as f:
+        for chunk in store._chunks(index, ops):
+            body = b"".join(a + s + b"\n" for a, s in chunk if s is not None)
+            f.write(body)
+            spans.append((pos, len(body)))
+            pos += len(body)
+            docs += len(chunk)
+    with zipfile.ZipFile(archive) as zf:
+        size = zf.infolist()[0].file_size
+    return spans, docs, size
+
+
+def run_limit(
+    os_client: OpenSearch, archive: Path, index: str, work: Path, settings: OpenSearchSettings
+) -> Run:
+    store = Store(os_client, settings, RetryPolicy())
+    bodies = work / "bodies.ndjson"
+    spans, docs, size = build_bodies(archive, index, bodies, store)
+    os_client.indices.create(
+        index=index,
+        body={
+            "settings": {"number_of_shards": 1, "number_of_replicas": 0, "refresh_interval": "-1"},
+            "mappings": CONTENT_MAPPING,
+        },
+    )
+
+    def post(span: tuple[int, int]) -> None:
+        with bodies.open("rb") as f:
+            f.seek(span[0])
+            body = f.read(span[1])
+        result = os_client.bulk(body=body, params={"filter_path": "errors"})
+        assert not result.get("errors"), "limit run: bulk errors"
+
+    url = settings.hosts[0]
+    node0, cpu0, started = node_cpu_seconds(url), time.process_time(), time.perf_counter()
+    with ThreadPoolExecutor(max_workers=settings.bulk_concurrency) as pool:
+        list(pool.map(post, spans))
+    os_client.indices.put_settings(index=index, body={"index": {"refresh_interval": None}})
+    os_client.indices.refresh(index=index)
+    seconds = time.perf_counter() - started
+    cpu, node = time.process_time() - cpu0, node_cpu_seconds(url) - node0
+    assert os_client.count(index=index)["count"] == docs
+    bodies.unlink()
+    return Run("limit", seconds, docs, size, None, round(cpu, 1), round(node, 1))
+
+
+def run_naive(os_client: OpenSearch, archive: Path, index: str, work: Path, url: str) -> Run:
+    node0, cpu0, started = node_cpu_seconds(url), time.process_time(), time.perf_counter()
+    with zipfile.ZipFile(archive) as zf:
+        member = zf.infolist()[0]
+        zf.extract(member, work)
+    path = work / member.filename
+    os_client.indices.create(index=index, body={"mappings": CONTENT_MAPPING})
+
+    def actions() -> Iterator[dict[str, Any]]:
+        with path.open("rb") as f:
+            for line in f:
+                d = json.loads(line)
+                yield {
+                    "_index": index,
+                    "_id": d["name"],
+                    "_source": {
+                        "offset": d["offset"],
+                        "version": d["version"],
+                        "document": d["payload"],
+                    },
+                }
+
+    docs, errors = helpers.bulk(os_client, actions())
+    assert not errors
+    os_client.indices.refresh(index=index)
+    seconds = time.perf_counter() - started
+    cpu, node = time.process_time() - cpu0, node_cpu_seconds(url) - node0
+    path.unlink()
+    return Run("naive", seconds, docs, member.file_size, None, round(cpu, 1), round(node, 1))
+
+
+def bench_size(n: int, url: str, skip_naive: bool) -> dict[str, Any]:
+    os_client = client(url)
+    prefix = f"bench-snap-{n}"
+    os_client.indices.delete(index=f"{prefix}*", ignore_unavailable=True, expand_wildcards="all")
+    with tempfile.TemporaryDirectory(prefix="cs-bench-") as tmp:
+        work = Path(tmp)
+        print(f"[{n}] building the feed model ...", flush=True)
+        started = time.perf_counter()
+        model = FeedModel(resources=n, seed=n, workdir=work / "feed")
+        print(f"[{n}] model ready in {time.perf_counter() - started:.0f} s", flush=True)
+        runs: list[Run] = []
+        with FeedServer(model) as server:
+            config = write_settings(work / "settings.yaml", server, url, prefix)
+            node0 = node_cpu_seconds(url)
+            seconds, rss, cpu = run_product(config, "sync")
+            node = node_cpu_seconds(url) - node0
+            with zipfile.ZipFile(model.snapshot_path) as zf:
+                size = zf.infolist()[0].file_size
+            docs = os_client.count(index=f"{prefix}-cve")["count"]
+            runs.append(
+                Run("product", seconds, docs, size, round(rss, 1), round(cpu, 1), round(node, 1))
+            )
+            print(f"[{n}] product {seconds:.1f} s, peak RSS {rss:.0f} MB", flush=True)
+        settings = OpenSearchSettings(hosts=[url], bulk_concurrency=2)
+        runs.append(run_limit(os_client, model.snapshot_path, f"{prefix}-limit", work, settings))
+        print(f"[{n}] limit {runs[-1].seconds:.1f} s", flush=True)
+        if not skip_naive:
+            runs.append(run_naive(os_client, model.snapshot_path, f"{prefix}-naive", work, url))
+            print(f"[{n}] naive {runs[-1].seconds:.1f} s", flush=True)
+        model.close()
+    os_client.indices.delete(index=f"{prefix}*", ignore_unavailable=True, expand_wildcards="all")
+    by = {r.name: r for r in runs}
+    return {
+        "resources": n,
+        "runs": [r.row() for r in runs],
+        "product_vs_limit": round(by["product"].docs_per_s / by["limit"].docs_per_s, 3),
+        "product_vs_naive": round(by["product"].docs_per_s / by["naive"].docs_per_s, 2)
+        if "naive" in by
+        else None,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--sizes", default="50000,200000")
+    parser.add_argument("--skip-naive", action="store_true")
+    args = parser.parse_args()
+    url = opensearch_url()
+    version = client(url).info()["version"]["number"]
+    results = [bench_size(int(n), url, args.skip_naive) for n in args.sizes.split(",")]
+    rows = [
+        [
+            "resources",
+            "run",
+            "seconds",
+            "docs/s",
+            "MB/s",
+            "peak RSS MB",
+            "client CPU s",
+            "node CPU s",
+            "vs limit",
+        ]
+    ]
+    for res in results:
+        limit = next(r for r in res["runs"] if r["name"] == "limit")
+        for r in res["runs"]:
+            rows.append(
+                [
+                    str(res["resources"]),
+                    r["name"],
+                    f"{r['seconds']:.1f}",
+                    f"{r['docs_per_s']:.0f}",
+                    f"{r['mb_per_s']:.1f}",
+                    str(r["peak_rss_mb"] or "-"),
+                    str(r["cpu_seconds"]),
+                    str(r["node_cpu_seconds"]),
+                    f"{r['docs_per_s'] / limit['docs_per_s']:.2f}",
+                ]
+            )
+    print(f"\nSnapshot initialisation, OpenSearch {version}, 2 bulk requests in flight\n")
+    print(table(rows))
+    rss = [next(r for r in res["runs"] if r["name"] == "product")["peak_rss_mb"] for res in results]
+    if len(rss) > 1:
+        print(
+            f"\npeak RSS of the product: {rss[0]} MB at {results[0]['resources']} -> "
+            f"{rss[-1]} MB at "
+            f"{results[-1]['resources']} resources ({(rss[-1] / rss[0] - 1) * 100:+.1f}%)"
+        )
+    path = save("snapshot", {"opensearch": version, "results": results})
+    print(f"results: {path}")
+
+
+if __name__ == "__main__":
+    main()
