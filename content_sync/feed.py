@@ -22,7 +22,7 @@ import httpx
 from content_sync import __version__
 from content_sync.errors import BadFeedAnswer, DisallowedHost, FeedUnavailable, SnapshotError
 from content_sync.retry import RetryPolicy, parse_retry_after
-from content_sync.settings import MAX_WINDOW, CTISettings
+from content_sync.settings import MAX_WINDOW, CTISettings, tls_verify
 
 __all__ = ["Change", "ConsumerInfo", "FeedClient", "user_agent"]
 
@@ -74,9 +74,7 @@ class FeedClient:
         self._settings = settings
         self._retry = retry
         self._allowed = settings.snapshot_hosts | {urlsplit(settings.base_url).hostname or ""}
-        verify: bool | str = settings.verify_certs
-        if settings.verify_certs and settings.ca_certs is not None:
-            verify = str(settings.ca_certs)
+        verify = tls_verify(settings.verify_certs, settings.ca_certs)
         self._http = httpx.Client(
             timeout=httpx.Timeout(settings.timeout, connect=min(settings.timeout, 15.0)),
             verify=verify,

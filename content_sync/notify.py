@@ -14,7 +14,7 @@ import httpx
 from content_sync.errors import NotifyError, NotifyUnavailable
 from content_sync.feed import user_agent
 from content_sync.retry import RetryPolicy
-from content_sync.settings import CommandManagerSettings
+from content_sync.settings import CommandManagerSettings, tls_verify
 
 __all__ = ["Notifier", "command_body"]
 
@@ -50,9 +50,7 @@ class Notifier:
         self._retry = retry
         password = settings.password_value()
         auth = (settings.username, password) if settings.username and password is not None else None
-        verify: bool | str = settings.verify_certs
-        if settings.verify_certs and settings.ca_certs is not None:
-            verify = str(settings.ca_certs)
+        verify = tls_verify(settings.verify_certs, settings.ca_certs)
         self._http = httpx.Client(
             timeout=settings.timeout,
             verify=verify,

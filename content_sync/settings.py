@@ -42,6 +42,7 @@ __all__ = [
     "load_settings",
     "parse_duration",
     "public_url",
+    "tls_verify",
 ]
 
 ENV_PREFIX = "CONTENT_SYNC_"
@@ -81,6 +82,13 @@ StrList = Annotated[list[str], BeforeValidator(_comma_list)]
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def tls_verify(verify_certs: bool, ca_certs: Path | None) -> bool | str:
+    """httpx's `verify`: off, the system store, or the operator's CA bundle."""
+    if verify_certs and ca_certs is not None:
+        return str(ca_certs)
+    return verify_certs
 
 
 def _read_secret(value: SecretStr | None, path: Path | None, key: str) -> str | None:

@@ -230,14 +230,7 @@ class Store:
         if not self._state_index_ready:  # once per process: later cycles pay nothing for it
             self.ensure_state_index()
 
-        def get() -> dict[str, Any] | None:
-            try:
-                got: dict[str, Any] = self.client.get(index=self.state_index, id=state_id)
-                return got
-            except opensearchpy.NotFoundError:
-                return None
-
-        got = self._call(f"reading state {state_id}", get)
+        got = self._get_state(state_id)
         with self._state_lock:
             if got is None:
                 self._seq[state_id] = None
@@ -247,6 +240,11 @@ class Store:
 
     def peek_state(self, state_id: str) -> FeedState | None:
         """Read a feed's state without taking part in its writes (status, check)."""
+        got = self._get_state(state_id)
+        return FeedState.from_doc(got["_source"]) if got is not None else None
+
+    def _get_state(self, state_id: str) -> dict[str, Any] | None:
+        """The state document with its _seq_no/_primary_term, or None (no document or index)."""
 
         def get() -> dict[str, Any] | None:
             try:
@@ -255,8 +253,7 @@ class Store:
             except opensearchpy.NotFoundError:
                 return None
 
-        got = self._call(f"reading state {state_id}", get)
-        return FeedState.from_doc(got["_source"]) if got is not None else None
+        return self._call(f"reading state {state_id}", get)
 
     def save_state(self, state_id: str, state: FeedState) -> None:
         """Write the state only if nobody else wrote it since we read it (optimistic concurrency).

@@ -205,10 +205,7 @@ class FeedSync:
             return result
         state = loaded or FeedState(feed.context, feed.consumer)
         result = CycleResult(feed=feed.name, before=state.local_offset, after=state.local_offset)
-        if state.lease_held_by_other(self.owner, time.time()):
-            result.outcome = "skipped"
-            result.error = f"feed {feed.name} is being synchronised by {state.lease_owner}"
-            log.warning("cycle skipped: %s", result.error)
+        if self._held_elsewhere(state, result):
             self.events.cycle_finished(result, state)
             return result
         try:
@@ -237,10 +234,22 @@ class FeedSync:
         except ContentSyncError as exc:
             result.outcome, result.error = "failed", str(exc)
             log.error("feed %s: cycle failed: %s", feed.name, exc)
+        return self._end(state, result, started, "cycle")
+
+    def _held_elsewhere(self, state: FeedState, result: CycleResult) -> bool:
+        """True (and the result says so) when another live process holds the feed's lease."""
+        if not state.lease_held_by_other(self.owner, time.time()):
+            return False
+        result.outcome = "skipped"
+        result.error = f"feed {self.feed.name} is being synchronised by {state.lease_owner}"
+        log.warning("%s", result.error)
+        return True
+
+    def _end(self, state: FeedState, result: CycleResult, started: float, what: str) -> CycleResult:
         result.after = state.local_offset
         self._finish(state, result)
         result.seconds = time.monotonic() - started
-        log.info("cycle %s", result.summary())
+        log.info("%s %s", what, result.summary())
         self.events.cycle_finished(result, state)
         return result
 
@@ -429,9 +438,7 @@ class FeedSync:
         feed = self.feed
         state = self.store.load_state(feed.state_id) or FeedState(feed.context, feed.consumer)
         result = CycleResult(feed=feed.name, before=state.local_offset, after=state.local_offset)
-        if state.lease_held_by_other(self.owner, time.time()):
-            result.outcome = "skipped"
-            result.error = f"feed {feed.name} is being synchronised by {state.lease_owner}"
+        if self._held_elsewhere(state, result):
             return result
         if offset is None:
             offset = _archive_offset(archive)
@@ -462,12 +469,7 @@ class FeedSync:
         except ContentSyncError as exc:
             result.outcome, result.error = "failed", str(exc)
             log.error("feed %s: import of %s failed: %s", feed.name, archive, exc)
-        result.after = state.local_offset
-        self._finish(state, result)
-        result.seconds = time.monotonic() - started
-        log.info("import %s", result.summary())
-        self.events.cycle_finished(result, state)
-        return result
+        return self._end(state, result, started, "import")
 
     # -- changes ---------------------------------------------------------------------------------
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,16 @@ from content_sync.testing.model import FeedModel
 from content_sync.testing.server import FeedServer
 
 FEED = "vulnerabilities"
+
+
+def wait_for(check: Callable[[], bool], timeout: float, what: str, every: float = 0.1) -> None:
+    """Poll `check` until it holds; fail naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(every)
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 def settings_dict(

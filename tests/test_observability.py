@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,18 +17,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from content_sync.service import Service
 from content_sync.settings import Settings
 from content_sync.testing.server import FeedServer
-from tests.helpers import FEED, assert_matches_truth, settings_dict
+from tests.helpers import FEED, assert_matches_truth, settings_dict, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture

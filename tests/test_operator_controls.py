@@ -10,7 +10,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,17 +21,8 @@ from content_sync.service import Service
 from content_sync.settings import Settings
 from content_sync.testing.model import FeedModel
 from content_sync.testing.server import FeedServer
-from tests.helpers import FEED, assert_matches_truth, settings_dict
+from tests.helpers import FEED, assert_matches_truth, settings_dict, wait_for
 from tests.test_cli import SCRIPT, cli, write_config
-
-
-def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture

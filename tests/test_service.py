@@ -7,7 +7,6 @@ import os
 import re
 import signal
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
@@ -17,7 +16,7 @@ import pytest
 from opensearchpy import OpenSearch
 
 from content_sync.testing.server import FeedServer
-from tests.helpers import assert_matches_truth, settings_dict
+from tests.helpers import assert_matches_truth, settings_dict, wait_for
 from tests.test_cli import SCRIPT, write_config
 
 STATE_ID = "vd_1.0.0_vd_4.8.0"
@@ -25,15 +24,6 @@ SUMMARY = re.compile(
     r"^(?P<time>\S+ \S+) INFO content_sync.sync: cycle feed=\S+ offset (?P<before>\d+) -> "
     r"(?P<after>\d+) .*work=(?P<work>\S+) .*seconds=(?P<seconds>[\d.]+) outcome=(?P<outcome>\w+)"
 )
-
-
-def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture
