@@ -107,7 +107,8 @@ def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_sync(args: argparse.Namespace, settings: Settings) -> int:
     feeds = [settings.feed(args.feed)] if args.feed else settings.feeds
     code = EXIT_OK
-    with Runtime(settings, events=progress_events()) as runtime:
+    events = progress_events()
+    with Runtime(settings, events=events) as runtime:
         runtime.check_store()  # fail fast, with the reason, when OpenSearch is not there
         for feed in feeds:
             name = feed.name
@@ -128,6 +129,7 @@ def _cmd_sync(args: argparse.Namespace, settings: Settings) -> int:
                 code = EXIT_FAILED
             else:
                 print(f"feed {name}: in sync at offset {result.after}")
+    events.close()  # finish the bars before the exit line
     return code
 
 

@@ -61,6 +61,9 @@ class Events:
         """A cycle ended; `state` is what was recorded for the feed (None: unknown, the state
         could not even be read)."""
 
+    def close(self) -> None:
+        """The command is done: release what the observer holds (terminal bars)."""
+
 
 class Fanout(Events):
     """Forward every event to several observers, in order."""

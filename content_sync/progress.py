@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import sys
 import time
 from typing import Any
@@ -49,7 +50,9 @@ class TerminalProgress(Events):
         from tqdm import tqdm
 
         if key not in self._bars:
-            self._bars[key] = tqdm(file=sys.stderr, dynamic_ncols=True, **kw)
+            # A pseudo-terminal may report 0 columns (tqdm then draws nothing): fall back to 100.
+            columns = shutil.get_terminal_size((100, 20)).columns or 100
+            self._bars[key] = tqdm(file=sys.stderr, ncols=columns, **kw)
         return self._bars[key]
 
     def download_progress(self, feed: str, done: int, total: int | None) -> None:

@@ -14,6 +14,7 @@ import pytest
 import yaml
 from opensearchpy import OpenSearch
 
+from content_sync.progress import LoggedProgress, TerminalProgress, progress_events
 from content_sync.testing.server import FeedServer
 from tests.helpers import FEED, assert_matches_truth, settings_dict
 
@@ -236,3 +237,18 @@ def test_import_of_corrupt_file_changes_nothing(
     after = os_client.get(index=f"{prefix}-state", id="vd_1.0.0_vd_4.8.0")["_source"]
     assert (after["local_offset"], after["index"]) == (before["local_offset"], before["index"])
     assert_matches_truth(os_client, f"{prefix}-cve", feed_server.model, before["local_offset"])
+
+
+def test_progress_bars_for_a_terminal(capsys: pytest.CaptureFixture[str]) -> None:
+    """What `sync` draws in a terminal (progress_events picks this when stderr is a TTY)."""
+    bars = progress_events(interactive=True)
+    assert isinstance(bars, TerminalProgress)
+    bars.snapshot_started(FEED, "first-run")
+    bars.download_progress(FEED, 2_000_000, 8_000_000)
+    bars.download_progress(FEED, 8_000_000, 8_000_000)
+    bars.index_progress(FEED, 5000, 60_000_000)
+    bars.close()
+    err = capsys.readouterr().err
+    assert f"{FEED} download: 100%" in err and "8.00M/8.00M" in err
+    assert f"{FEED} indexing: 5.00k docs" in err
+    assert isinstance(progress_events(interactive=False), LoggedProgress)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,7 @@ from content_sync.service import Service
 from content_sync.settings import Settings
 from content_sync.testing.server import FeedServer
 from tests.helpers import FEED, assert_matches_truth, settings_dict, wait_for
+from tests.test_cli import cli, write_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,6 +36,7 @@ def service(
         schedule={"interval": "1h", "jitter": 0, "run_on_start": True},
         http={"port": 0, "healthy_intervals": 3},
     )
+    write_config(tmp_path / "settings.yaml", data)  # for `content-sync status` beside it
     svc = Service.build(Settings.model_validate(data))
     svc.start()
     assert svc.http is not None
@@ -66,7 +69,11 @@ def run_cycle(base: str, resync: bool = False) -> None:
 
 
 def test_metrics_follow_real_cycles(
-    service: tuple[Service, str], feed_server: FeedServer, os_client: OpenSearch, prefix: str
+    service: tuple[Service, str],
+    feed_server: FeedServer,
+    os_client: OpenSearch,
+    prefix: str,
+    tmp_path: Path,
 ) -> None:
     _, base = service
     model = feed_server.model
@@ -104,6 +111,15 @@ def test_metrics_follow_real_cycles(
     run_cycle(base, resync=True)
     assert value(scrape(base), "content_sync_snapshot_initialisations_total", cause="manual") == 1
     assert_matches_truth(os_client, f"{prefix}-cve", model, model.head_offset)
+
+    # `content-sync status` (another process, reading the state) agrees with the metrics.
+    m = scrape(base)
+    status = cli("status", "--json", "--config", str(tmp_path / "settings.yaml"))
+    row = json.loads(status.stdout)["feeds"][0]
+    assert row["local_offset"] == value(m, "content_sync_local_offset") == model.head_offset
+    assert row["remote_offset"] == value(m, "content_sync_remote_offset")
+    assert row["lag"] == value(m, "content_sync_lag") == 0
+    assert value(m, "content_sync_status", status=row["status"]) == 1
 
 
 def test_health_turns_unhealthy_and_back(

@@ -347,3 +347,25 @@ def test_resync_keeps_readers_whole(
     assert state_of(rt).index != first_index
     assert not os_client.indices.exists(index=first_index)  # the old index is gone
     assert_matches_truth(os_client, alias, model, model.head_offset)
+
+
+def test_far_behind_with_a_newer_snapshot_loads_it_then_patches(
+    feed_server: FeedServer, os_client: OpenSearch, runtime_factory: Any
+) -> None:
+    model = feed_server.model
+    rt = runtime_factory(sync={"snapshot_threshold": 400})
+    sync = rt.feed_sync(FEED)
+    sync.run_cycle()
+    model.append_changes(600)
+    newer = model.publish_snapshot()
+    head = model.append_changes(100)
+    result = sync.run_cycle()
+    assert result.outcome == "ok" and result.snapshots == ["far-behind"]
+    assert result.windows == 1  # only (newer snapshot, head] was replayed
+    assert state_of(rt).snapshot_offset == newer
+    assert_matches_truth(os_client, rt.settings.feed(FEED).index, model, head)
+
+    # Behind by less than the threshold: changes only, even though no newer snapshot is needed.
+    head = model.append_changes(300)
+    again = sync.run_cycle()
+    assert again.snapshots == [] and again.after == head
