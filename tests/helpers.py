@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +17,14 @@ from content_sync.testing.model import FeedModel
 from content_sync.testing.server import FeedServer
 
 FEED = "vulnerabilities"
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment without CONTENT_SYNC_* overrides, plus `extra`: what a
+    subprocess of the console script gets, so only the test's own settings apply."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONTENT_SYNC_")}
+    env.update(extra)
+    return env
 
 
 def wait_for(check: Callable[[], bool], timeout: float, what: str, every: float = 0.1) -> None:

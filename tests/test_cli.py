@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ from opensearchpy import OpenSearch
 
 from content_sync.progress import LoggedProgress, TerminalProgress, progress_events
 from content_sync.testing.server import FeedServer
-from tests.helpers import FEED, assert_matches_truth, settings_dict
+from tests.helpers import FEED, assert_matches_truth, clean_env, settings_dict
 
 SCRIPT = str(Path(sys.executable).parent / "content-sync")
 SECRET = "Sup3r-S3cret-Pa55"
@@ -36,8 +35,7 @@ def config(feed_server: FeedServer, opensearch_url: str, prefix: str, tmp_path: 
 def cli(
     *args: str, env: dict[str, str] | None = None, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("CONTENT_SYNC_")}
-    full_env.update(env or {})
+    full_env = clean_env(**(env or {}))
     return subprocess.run(
         [SCRIPT, *args], capture_output=True, text=True, env=full_env, timeout=timeout, check=False
     )

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import http.client
-import os
 import signal
 import subprocess
 import threading
@@ -21,7 +20,7 @@ from opensearchpy import OpenSearch
 from content_sync.runtime import Runtime
 from content_sync.settings import Settings
 from content_sync.testing.server import FeedServer
-from tests.helpers import FEED, assert_matches_truth, settings_dict, state_of
+from tests.helpers import FEED, assert_matches_truth, clean_env, settings_dict, state_of
 from tests.test_cli import SCRIPT, cli, write_config
 
 HOP_HEADERS = {"connection", "keep-alive", "proxy-connection", "transfer-encoding"}
@@ -127,7 +126,7 @@ def test_offline_feed_never_opens_a_connection(
     assert cli("sync", "--feed", FEED, "--config", str(config)).returncode == 1
     checked = cli("check", "--config", str(config))
     assert checked.returncode == 0 and f"skip feed {FEED} (offline)" in checked.stdout
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CONTENT_SYNC_")}
+    env = clean_env()
     service = subprocess.Popen(
         [SCRIPT, "run", "--config", str(config)],
         env=env,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -21,7 +20,7 @@ from content_sync.service import Service
 from content_sync.settings import Settings
 from content_sync.testing.model import FeedModel
 from content_sync.testing.server import FeedServer
-from tests.helpers import FEED, assert_matches_truth, settings_dict, wait_for
+from tests.helpers import FEED, assert_matches_truth, clean_env, settings_dict, wait_for
 from tests.test_cli import SCRIPT, cli, write_config
 
 
@@ -174,7 +173,7 @@ def test_service_started_before_opensearch_waits_for_it(
     assert time.monotonic() - started < 30
 
     log = tmp_path / "run.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CONTENT_SYNC_")}
+    env = clean_env()
     proc = subprocess.Popen(
         [SCRIPT, "run", "--config", str(config)],
         stdout=subprocess.DEVNULL,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import os
 import re
 import signal
 import subprocess
@@ -16,7 +15,7 @@ import pytest
 from opensearchpy import OpenSearch
 
 from content_sync.testing.server import FeedServer
-from tests.helpers import assert_matches_truth, settings_dict, wait_for
+from tests.helpers import assert_matches_truth, clean_env, settings_dict, wait_for
 from tests.test_cli import SCRIPT, write_config
 
 STATE_ID = "vd_1.0.0_vd_4.8.0"
@@ -47,7 +46,7 @@ def start_service(service_config: Path, tmp_path: Path) -> Iterator[Callable[[st
 
     def start(name: str) -> tuple[subprocess.Popen[str], Path]:
         log = tmp_path / f"{name}.log"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CONTENT_SYNC_")}
+        env = clean_env()
         proc = subprocess.Popen(
             [SCRIPT, "run", "--config", str(service_config)],
             stdout=subprocess.DEVNULL,
