@@ -136,8 +136,10 @@ def _cmd_sync(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_import(args: argparse.Namespace, settings: Settings) -> int:
     if not args.path.is_file():
         raise SettingsError(f"{args.path}: no such file")
-    with Runtime(settings, events=progress_events()) as runtime:
+    events = progress_events()
+    with Runtime(settings, events=events) as runtime:
         result = runtime.feed_sync(args.feed).import_archive(args.path, offset=args.offset)
+    events.close()  # finish the bars before the result line, as sync does
     if result.outcome != "ok":
         print(f"content-sync: import refused, nothing changed: {result.error}", file=sys.stderr)
         return EXIT_FAILED

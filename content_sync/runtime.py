@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import opensearchpy
 
@@ -32,13 +32,7 @@ class Runtime:
         retry = RetryPolicy.from_settings(self.settings.retry)
         if self.quick:
             retry = RetryPolicy(attempts=2, initial=0.5, max_wait=2.0, budget=10.0)
-        self.retry = RetryPolicy(
-            attempts=retry.attempts,
-            initial=retry.initial,
-            max_wait=retry.max_wait,
-            budget=retry.budget,
-            on_retry=lambda exc: events.retry(current_feed(), exc.cause),
-        )
+        self.retry = replace(retry, on_retry=lambda exc: events.retry(current_feed(), exc.cause))
         self.client = FeedClient(self.settings.cti, self.retry)
         self.store = Store(
             make_client(self.settings.opensearch), self.settings.opensearch, self.retry
