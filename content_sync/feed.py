@@ -19,7 +19,7 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 
-from content_sync import __version__
+from content_sync import __version__, failpoints
 from content_sync.errors import BadFeedAnswer, DisallowedHost, FeedUnavailable, SnapshotError
 from content_sync.retry import RetryPolicy, parse_retry_after
 from content_sync.settings import MAX_WINDOW, CTISettings, tls_verify
@@ -243,6 +243,7 @@ class FeedClient:
                     )
                 for chunk in response.iter_bytes():  # as received: a drop loses nothing
                     out.write(chunk)
+                    failpoints.hit("download-chunk")
                     have += len(chunk)
                     if have > max_bytes:
                         raise SnapshotError(

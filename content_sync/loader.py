@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from content_sync import failpoints
 from content_sync.errors import ContentSyncError, SnapshotError, Stopped
 from content_sync.settings import SyncSettings
 from content_sync.snapshot import SnapshotReader
@@ -89,7 +90,9 @@ def load_archive(
             )
         if progress is not None:
             progress(reader.lines, reader.bytes_read)
+        failpoints.hit("before-swap")
         old = store.swap_alias(alias, index)
+        failpoints.hit("after-swap")
     except BaseException:
         with contextlib.suppress(ContentSyncError):
             store.delete_index(index)

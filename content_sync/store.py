@@ -24,6 +24,7 @@ from typing import Any, Literal, TypeVar
 import opensearchpy
 from opensearchpy import OpenSearch
 
+from content_sync import failpoints
 from content_sync.errors import LeaseLostError, StoreError, StoreUnavailable
 from content_sync.retry import RetryPolicy
 from content_sync.settings import OpenSearchSettings
@@ -481,6 +482,7 @@ class Store:
             )
             stats.add(len(todo), len(body))
             if not result.get("errors"):
+                failpoints.hit("bulk-done")
                 return
             retry: list[tuple[bytes, bytes | None]] = []
             for item, op in zip(result["items"], todo, strict=True):

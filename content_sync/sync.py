@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from content_sync import failpoints
 from content_sync.errors import (
     ContentSyncError,
     DriftError,
@@ -316,7 +317,9 @@ class FeedSync:
             and self.notifier.enabled
         ):
             try:
+                failpoints.hit("before-notify")
                 self.notifier.send(index=self.feed.index, offset=state.pending_command)
+                failpoints.hit("after-notify")
                 state.pending_command, result.notified = None, True
             except ContentSyncError as exc:
                 log.warning("feed %s: notification kept for a later cycle: %s", self.feed.name, exc)
@@ -397,6 +400,7 @@ class FeedSync:
         state.index = loaded.index
         state.content_source = source
         self.store.save_state(feed.state_id, state)
+        failpoints.hit("snapshot-recorded")
         if source != "feed":
             # Correct content, but older than the feed's: patching on needs the feed back.
             raise FeedError(
@@ -483,8 +487,10 @@ class FeedSync:
                 ):
                     self._check_stop()
                     self._apply_window(index, low, high, result)
+                    failpoints.hit("window-written")
                     state.local_offset = high
                     self.store.save_state(self.feed.state_id, state)
+                    failpoints.hit("window-recorded")
                     result.windows += 1
             except DriftError as exc:
                 log.error(
