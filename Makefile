@@ -11,6 +11,7 @@ help:
 	@echo "make demo             run the demo: local OpenSearch + local feed + content-sync sync/status"
 	@echo "make test             the test suite against a real OpenSearch node (OPENSEARCH_VERSION=...)"
 	@echo "make lint             ruff + mypy --strict"
+	@echo "make reliability      the full crash/fault/hostile-input matrix (RELIABILITY_SEED=...)"
 	@echo "make bench            benchmarks under bench/ (minutes; prints ratios against baselines)"
 	@echo "make opensearch-up    start a local single-node OpenSearch (prints its URL)"
 	@echo "make opensearch-down  stop it"
@@ -30,6 +31,9 @@ lint: install
 	$(VENV)/bin/ruff check content_sync tests bench
 	$(VENV)/bin/ruff format --check content_sync tests bench
 	$(VENV)/bin/mypy --strict
+
+reliability: install
+	RELIABILITY_FULL=1 scripts/with-opensearch.sh $(VENV)/bin/pytest -m reliability $(PYTEST_ARGS)
 
 bench: install
 	scripts/with-opensearch.sh $(PY) bench/run_all.py

@@ -56,3 +56,13 @@ def prefix(os_client: OpenSearch) -> Iterator[str]:
     name = f"t-{uuid.uuid4().hex[:10]}"
     yield name
     os_client.indices.delete(index=f"{name}*", ignore_unavailable=True, expand_wildcards="all")
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    from tests.reliability import FULL, SEED, TALLY
+
+    if TALLY:
+        mode = "full" if FULL else "CI subset"
+        terminalreporter.write_sep("-", f"reliability ({mode}, seed {SEED})")
+        for key, value in sorted(TALLY.items()):
+            terminalreporter.write_line(f"{key}: {value}")
