@@ -24,7 +24,7 @@ import jsonpointer
 from content_sync.errors import DriftError
 from content_sync.feed import Change
 
-__all__ = ["WindowResult", "apply_window", "touched"]
+__all__ = ["WindowResult", "apply_window", "needs_stored", "touched"]
 
 _PATCH_ERRORS = (
     jsonpatch.JsonPatchException,
@@ -49,6 +49,13 @@ class WindowResult:
 def touched(changes: Iterable[Change]) -> list[str]:
     """The resources a window touches, each once, in first-seen order."""
     return list(dict.fromkeys(c.resource for c in changes))
+
+
+def needs_stored(changes: Iterable[Change]) -> list[str]:
+    """The resources whose stored document the window needs: those it only updates. A create or
+    delete resets a resource, so what was stored before it never matters (see apply_window)."""
+    resets = {c.resource for c in changes if c.type != "update"}
+    return [name for name in touched(changes) if name not in resets]
 
 
 def apply_window(changes: list[Change], stored: dict[str, dict[str, Any]]) -> WindowResult:

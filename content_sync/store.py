@@ -22,7 +22,9 @@ from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
 
 import opensearchpy
-from opensearchpy import OpenSearch
+import orjson
+from opensearchpy import JSONSerializer, OpenSearch
+from opensearchpy.exceptions import SerializationError
 
 from content_sync import failpoints
 from content_sync.errors import LeaseLostError, StoreError, StoreUnavailable
@@ -73,6 +75,17 @@ def utcnow() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+class _FastJSON(JSONSerializer):
+    """opensearch-py's serializer, decoding answers with orjson: a window's multi-get answer is
+    ~12 MB of CVE records, and the standard decoder spent a quarter of the window on it."""
+
+    def loads(self, s: str) -> Any:
+        try:
+            return orjson.loads(s)
+        except orjson.JSONDecodeError as exc:
+            raise SerializationError(s[:200], exc) from None
+
+
 def make_client(settings: OpenSearchSettings) -> OpenSearch:
     password = settings.password_value()
     auth = (settings.username, password) if settings.username and password is not None else None
@@ -86,6 +99,7 @@ def make_client(settings: OpenSearchSettings) -> OpenSearch:
         max_retries=0,  # retries are ours (RetryPolicy), with backoff and jitter
         retry_on_timeout=False,
         http_compress=False,
+        serializer=_FastJSON(),
         # One connection per concurrent bulk request, plus the state/lease traffic beside them.
         pool_maxsize=settings.bulk_concurrency + 2,
     )

@@ -25,10 +25,12 @@ import threading
 import time
 import uuid
 import zipfile
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from content_sync import failpoints
 from content_sync.errors import (
@@ -41,11 +43,11 @@ from content_sync.errors import (
     TransientError,
 )
 from content_sync.events import Events, feed_context
-from content_sync.feed import ConsumerInfo, FeedClient, iter_windows
+from content_sync.feed import Change, ConsumerInfo, FeedClient, iter_windows
 from content_sync.keep import ArchiveKeeper
-from content_sync.loader import load_archive
+from content_sync.loader import load_archive, remove_leftovers
 from content_sync.notify import Notifier
-from content_sync.patching import apply_window, touched
+from content_sync.patching import WindowResult, apply_window, needs_stored
 from content_sync.settings import FeedSettings, Settings
 from content_sync.snapshot import content_source, offset_from_member_name
 from content_sync.store import BulkOp, FeedState, Store, utcnow
@@ -87,6 +89,21 @@ def _temp_copy_name(temp_dir: Path | None) -> str:
 def default_owner() -> str:
     """Who holds a lease: host, process and a random tag (pids repeat across containers)."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def _bulk_ops(window: WindowResult) -> list[BulkOp]:
+    """The window's final documents as bulk operations, versioned by their change's offset."""
+    return [
+        (
+            "index",
+            name,
+            content_source(doc["offset"], doc["version"], doc["document"]),
+            doc["offset"],
+        )
+        if doc is not None
+        else ("delete", name, None, window.deleted_at[name])
+        for name, doc in window.final.items()
+    ]
 
 
 @dataclass
@@ -214,10 +231,12 @@ class FeedSync:
             result.remote = state.remote_offset = info.last_offset
             reason = self._snapshot_reason(state, info, resync=resync)
             # In sync: no further request but the final state write.
-            if reason is not None or state.local_offset != info.last_offset:
+            killed = state.status == "running"  # the last cycle died: clean up after it
+            if reason is not None or state.local_offset != info.last_offset or killed:
                 state.status, state.lease_owner = "running", self.owner
                 self.store.save_state(feed.state_id, state)  # takes the lease, or conflicts
                 with self._lease_kept(state):
+                    remove_leftovers(self.store, feed.index, self.settings.sync.temp_dir)
                     if reason is None and self.store.alias_target(feed.index) is None:
                         reason = "invalid-copy"  # the alias vanished: the offset means nothing
                     if reason is not None:
@@ -360,7 +379,7 @@ class FeedSync:
                 info.snapshot_link,
                 temp_dir=sync.temp_dir,
                 max_bytes=sync.max_archive_bytes,
-                progress=lambda done, total: self.events.download_progress(feed.name, done, total),
+                progress=self._download_progress,
             )
         except (FeedError, TransientError) as exc:
             kept = self.keeper.latest(feed.state_id) if self.keeper else None
@@ -394,7 +413,7 @@ class FeedSync:
             archive.unlink(missing_ok=True)
         result.documents += loaded.documents
         self.events.docs_written(feed.name, loaded.documents)
-        state.local_offset = offset
+        state.local_offset = state.pending_command = offset  # announced even after a crash
         state.snapshot_link = link
         state.snapshot_offset = offset
         state.index = loaded.index
@@ -407,6 +426,12 @@ class FeedSync:
                 f"feed {feed.name}: restored the kept archive at offset {offset}; the feed's "
                 f"snapshot could not be downloaded, so the content is older than the feed's"
             )
+
+    def _download_progress(self, done: int, total: int | None) -> None:
+        # Between chunks: a stop (or a lost lease) abandons the download; the client removes the
+        # partial file on the way out.
+        self._check_stop()
+        self.events.download_progress(self.feed.name, done, total)
 
     def plan(self, *, resync: bool = False) -> Plan:
         """What run_cycle would do now, without writing anything (`sync --dry-run`)."""
@@ -482,16 +507,7 @@ class FeedSync:
         while state.local_offset < info.last_offset:
             index = self._live_index(state)
             try:
-                for low, high in iter_windows(
-                    state.local_offset, info.last_offset, self.settings.sync.batch_size
-                ):
-                    self._check_stop()
-                    self._apply_window(index, low, high, result)
-                    failpoints.hit("window-written")
-                    state.local_offset = high
-                    self.store.save_state(self.feed.state_id, state)
-                    failpoints.hit("window-recorded")
-                    result.windows += 1
+                self._walk_windows(index, state, info.last_offset, result)
             except DriftError as exc:
                 log.error(
                     "feed %s: local copy drifted at offset %d (%s): %s",
@@ -511,34 +527,88 @@ class FeedSync:
             state.index = index
         return index
 
-    def _apply_window(self, index: str, low: int, high: int, result: CycleResult) -> None:
+    def _walk_windows(self, index: str, state: FeedState, remote: int, result: CycleResult) -> None:
+        """Apply the windows up to `remote` in order, pipelined: while window N is written and
+        recorded in the background, window N+1 is fetched, read and patched in the foreground, so
+        the node and this process work at the same time.
+
+        N+1's multi-get cannot see N's write yet, so the documents N wrote come from memory; N-1
+        was written and recorded before N+1 reads. One write is in flight at most, and windows
+        are recorded strictly in order: what the state records has always been written.
+        """
         feed = self.feed
-        changes = self.client.changes(
-            feed.context, feed.consumer, low, high, with_empties=self.settings.sync.with_empties
-        )
-        if not changes:
-            return
-        stored = self.store.mget(index, touched(changes))
-        window = apply_window(changes, stored)
-        ops: list[BulkOp] = [
-            (
-                "index",
-                name,
-                content_source(doc["offset"], doc["version"], doc["document"]),
-                doc["offset"],
-            )
-            if doc is not None
-            else ("delete", name, None, window.deleted_at[name])
-            for name, doc in window.final.items()
-        ]
-        # Only when every item of the write succeeded does the caller record the window.
-        self.store.write(index, ops)
+        sync = self.settings.sync
+
+        def fetch(low: int, high: int) -> list[Change]:
+            with feed_context(feed.name):
+                return self.client.changes(
+                    feed.context, feed.consumer, low, high, with_empties=sync.with_empties
+                )
+
+        spans = iter_windows(state.local_offset, remote, sync.batch_size)
+        pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"windows-{feed.name}")
+        fetches: deque[tuple[int, Future[list[Change]]]] = deque()
+        writing: Future[None] | None = None
+        written: dict[str, dict[str, Any] | None] = {}  # what the write in flight holds
+        try:
+            while True:
+                while len(fetches) < 2 and (span := next(spans, None)) is not None:
+                    fetches.append((span[1], pool.submit(fetch, *span)))
+                if not fetches:
+                    break
+                self._check_stop()
+                high, fetched = fetches.popleft()
+                changes = fetched.result()
+                need = needs_stored(changes)
+                stored = self.store.mget(index, [n for n in need if n not in written])
+                for name in need:
+                    if (doc := written.get(name)) is not None:
+                        stored[name] = doc
+                window = apply_window(changes, stored)
+                ops = _bulk_ops(window)
+                if writing is not None:
+                    writing.result()  # N-1 recorded before N is written
+                writing = pool.submit(self._write_window, index, ops, window, state, high, result)
+                written = window.final
+            if writing is not None:
+                writing.result()
+        except BaseException:
+            # The write in flight must land (or fail) before the caller records or re-initialises
+            # anything; a prefetch still running is abandoned (it only reads the feed).
+            if writing is not None and not writing.cancel():
+                exc = writing.exception()
+                if exc is not None:
+                    log.warning("feed %s: the last window's write failed: %s", feed.name, exc)
+            raise
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def _write_window(
+        self,
+        index: str,
+        ops: list[BulkOp],
+        window: WindowResult,
+        state: FeedState,
+        high: int,
+        result: CycleResult,
+    ) -> None:
+        """One bulk write; only when every item succeeded is the window recorded."""
+        feed = self.feed
+        with feed_context(feed.name):
+            if ops:
+                self.store.write(index, ops, concurrency=self.settings.opensearch.bulk_concurrency)
+            failpoints.hit("window-written")
+            state.local_offset = state.pending_command = high  # announced even after a crash
+            self.store.save_state(feed.state_id, state)
+            failpoints.hit("window-recorded")
+        result.windows += 1
         for kind, count in window.applied.items():
             result.changes[kind] += count
             if count:
                 self.events.changes_applied(feed.name, kind, count)
         result.documents += len(ops)
-        self.events.docs_written(feed.name, len(ops))
+        if ops:
+            self.events.docs_written(feed.name, len(ops))
 
     def _check_stop(self) -> None:
         if self._lease_lost.is_set():

@@ -9,7 +9,7 @@ import pytest
 
 from content_sync.errors import DriftError
 from content_sync.feed import Change
-from content_sync.patching import apply_window, touched
+from content_sync.patching import apply_window, needs_stored, touched
 
 
 def doc(offset: int, version: int, document: dict[str, Any]) -> dict[str, Any]:
@@ -56,6 +56,23 @@ def test_create_update_delete_and_recreate_in_one_window() -> None:
     result = apply_window(changes, {})
     assert result.final == {"X": doc(6, 5, {"v": 10, "z": True}), "Y": doc(4, 1, {"w": []})}
     assert touched(changes) == ["X", "Y"]
+    assert needs_stored(changes) == []  # both are reset in the window: nothing is read
+
+
+def test_only_resources_the_window_merely_updates_are_read() -> None:
+    changes = [
+        upd(1, "A", 2, {"op": "add", "path": "/x", "value": 1}),
+        upd(2, "B", 2, {"op": "add", "path": "/x", "value": 1}),
+        Change(3, "delete", "B", 3),
+        Change(4, "create", "C", 1, payload={}),
+        upd(5, "A", 3, {"op": "add", "path": "/y", "value": 1}),
+    ]
+    assert needs_stored(changes) == ["A"]
+    # Whatever is stored for B and C does not matter: the result is the same without it.
+    stored = {"A": doc(0, 1, {}), "B": doc(0, 1, {"old": 1}), "C": doc(0, 1, {"old": 1})}
+    with_all = apply_window(changes, copy.deepcopy(stored))
+    only_needed = apply_window(changes, {"A": copy.deepcopy(stored["A"])})
+    assert with_all.final == only_needed.final
 
 
 def test_replayed_window_converges_and_skips_applied_changes() -> None:
