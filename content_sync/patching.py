@@ -20,7 +20,9 @@ from typing import Any
 
 import jsonpatch
 import jsonpointer
+import msgspec
 
+from content_sync import lazydoc
 from content_sync.errors import DriftError
 from content_sync.feed import Change
 
@@ -33,6 +35,7 @@ _PATCH_ERRORS = (
     IndexError,
     TypeError,
     ValueError,
+    msgspec.MsgspecError,  # a stored document that is not JSON
 )
 
 
@@ -109,9 +112,7 @@ def _apply(change: Change, current: dict[str, Any] | None) -> dict[str, Any] | N
             resource=change.resource,
         )
     try:
-        document = jsonpatch.apply_patch(
-            current["document"], change.operations or [], in_place=True
-        )
+        document = lazydoc.apply_patch(current["document"], change.operations or [])
     except _PATCH_ERRORS as exc:
         raise DriftError(
             f"update at offset {change.offset} of {change.resource} does not apply: "

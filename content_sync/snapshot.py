@@ -24,6 +24,7 @@ import orjson
 
 from content_sync.errors import SnapshotError
 from content_sync.zipstream import inflate_member
+from content_sync.lazydoc import decoded, fragment
 
 __all__ = ["Resource", "SnapshotReader", "content_source", "offset_from_member_name"]
 
@@ -74,12 +75,15 @@ def content_source(offset: int, version: int, document: dict[str, Any]) -> bytes
     time; it refuses what it cannot represent exactly (integers beyond 64 bits, nesting deeper
     than 255), which then goes through the standard encoder."""
     try:
-        return orjson.dumps({"offset": offset, "version": version, "document": document})
+        # Parts of a patched document may still be raw JSON text (lazydoc): spliced verbatim.
+        return orjson.dumps(
+            {"offset": offset, "version": version, "document": document}, default=fragment
+        )
     except orjson.JSONEncodeError:
         pass
     try:
         return json.dumps(
-            {"offset": offset, "version": version, "document": document},
+            {"offset": offset, "version": version, "document": decoded(document)},
             ensure_ascii=False,
             separators=(",", ":"),
         ).encode("utf-8")

@@ -20,9 +20,12 @@ from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
+from urllib.parse import quote, urlencode
 
+import msgspec
 import opensearchpy
 import orjson
+import urllib3
 from opensearchpy import JSONSerializer, OpenSearch
 from opensearchpy.exceptions import SerializationError
 
@@ -73,6 +76,26 @@ _UNKNOWN = object()  # never read: write unconditionally (tools, tests)
 
 def utcnow() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class _Source(msgspec.Struct):
+    offset: int
+    version: int
+    document: msgspec.Raw
+
+
+class _Got(msgspec.Struct):
+    id: str = msgspec.field(name="_id")
+    found: bool = False
+    source: _Source | None = msgspec.field(name="_source", default=None)
+    error: msgspec.Raw | None = None
+
+
+class _MgetAnswer(msgspec.Struct):
+    docs: list[_Got]
+
+
+_MGET = msgspec.json.Decoder(_MgetAnswer)
 
 
 class _FastJSON(JSONSerializer):
@@ -406,21 +429,60 @@ class Store:
     # -- documents -------------------------------------------------------------------------------
 
     def mget(self, index: str, ids: list[str]) -> dict[str, dict[str, Any]]:
-        """The stored content documents among `ids` (realtime: sees unrefreshed writes)."""
+        """The stored content documents among `ids` (realtime: sees unrefreshed writes), each
+        {"offset", "version", "document"} with the document left as raw JSON (see lazydoc)."""
         if not ids:
             return {}
+        body = orjson.dumps({"ids": ids})
+        path = f"/{quote(index, safe='')}/_mget"
 
         def get() -> dict[str, dict[str, Any]]:
-            got = self.client.mget(index=index, body={"ids": ids}, params={"realtime": "true"})
+            raw = self._post_bytes(path, {"realtime": "true"}, body)
+            try:
+                got = _MGET.decode(raw)
+            except msgspec.MsgspecError as exc:
+                raise StoreError(f"multi-get answer from {index} not understood: {exc}") from None
             out: dict[str, dict[str, Any]] = {}
-            for doc in got["docs"]:
-                if "error" in doc:
-                    raise StoreError(f"multi-get of {doc.get('_id')} failed: {doc['error']}")
-                if doc.get("found"):
-                    out[doc["_id"]] = doc["_source"]
+            for doc in got.docs:
+                if doc.error is not None:
+                    raise StoreError(f"multi-get of {doc.id} failed: {bytes(doc.error)[:300]!r}")
+                if doc.found and doc.source is not None:
+                    source = doc.source
+                    out[doc.id] = {
+                        "offset": source.offset,
+                        "version": source.version,
+                        "document": source.document,
+                    }
             return out
 
         return self._call(f"multi-get of {len(ids)} documents from {index}", get)
+
+    def _post_bytes(self, path: str, params: dict[str, str], body: bytes) -> bytes:
+        """POST through opensearch-py's own connection (hosts, TLS, auth, timeout), but keep the
+        answer as bytes: the client would decode it to str and then to Python objects, and a
+        window's multi-get answer is ~12 MB that lazydoc only needs to scan."""
+        connection: Any = self.client.transport.get_connection()
+        if connection.pool is None:
+            connection._create_urllib3_pool()
+        url = f"{connection.url_prefix}{path}?{urlencode(params)}"
+        headers = {**connection.headers, "content-type": "application/json"}
+        try:
+            response = connection.pool.urlopen(
+                "POST", url, body, headers=headers, retries=urllib3.Retry(False)
+            )
+        except urllib3.exceptions.ReadTimeoutError as exc:
+            raise opensearchpy.ConnectionTimeout("TIMEOUT", str(exc), exc) from exc
+        except urllib3.exceptions.HTTPError as exc:
+            raise opensearchpy.ConnectionError("N/A", str(exc), exc) from exc
+        data: bytes = response.data
+        if not 200 <= response.status < 300:
+            # opensearch-py's mapping of statuses onto its exceptions (429, 404, 409...).
+            connection._raise_error(
+                response.status,
+                data.decode("utf-8", "replace"),
+                response.headers.get("content-type"),
+            )
+        return data
 
     def write(
         self,
@@ -502,8 +564,8 @@ class Store:
             for item, op in zip(result["items"], todo, strict=True):
                 ((kind, outcome),) = item.items()
                 status = outcome.get("status", 0)
-                if status < 300 or (kind == "delete" and status == 404):
-                    continue
+                if status < 300 or status == 409 or (kind == "delete" and status == 404):
+                    continue  # 409: the index holds a newer version (a later change): keep it
                 if status == 429:
                     retry.append(op)
                     continue
@@ -511,6 +573,8 @@ class Store:
                     f"OpenSearch rejected {kind} of {op[0].decode().strip()}: {status} "
                     f"{outcome.get('error')}"
                 )
+            if not retry:
+                return
             attempt += 1
             if attempt >= self._retry.attempts:
                 raise StoreUnavailable(
