@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import random
 import tempfile
 import time
@@ -24,7 +25,16 @@ from typing import Any
 import jsonpatch
 from opensearchpy import NotFoundError, OpenSearch
 
-from bench.common import Run, client, opensearch_url, run_product, save, table, write_settings
+from bench.common import (
+    Run,
+    client,
+    node_cpu_seconds,
+    opensearch_url,
+    run_product,
+    save,
+    table,
+    write_settings,
+)
 from content_sync.feed import FeedClient, iter_windows
 from content_sync.retry import RetryPolicy
 from content_sync.runtime import Runtime
@@ -121,12 +131,24 @@ def main() -> None:
             os_client.indices.put_settings(index=physical, body={"index.blocks.write": False})
             os_client.indices.put_settings(index=base_index, body={"index.blocks.write": False})
 
+            node_before = node_cpu_seconds(url)
             seconds, rss, cpu = run_product(config, "sync")
-            product = Run("product", seconds, head - start, 0, round(rss, 1), round(cpu, 1))
+            node_cpu = node_cpu_seconds(url) - node_before
+            product = Run(
+                "product",
+                seconds,
+                head - start,
+                0,
+                round(rss, 1),
+                round(cpu, 1),
+                round(node_cpu, 1),
+            )
             print(f"product: {head - start} changes in {seconds:.1f} s", flush=True)
 
             feed = FeedClient(CTISettings(base_url=server.base_url), RetryPolicy())
+            node_before = node_cpu_seconds(url)
             baseline = run_baseline(os_client, feed, model, base_index, start, args.baseline)
+            base_node_cpu = node_cpu_seconds(url) - node_before
             print(f"baseline: {baseline.docs} changes in {baseline.seconds:.1f} s", flush=True)
 
             # Spot-check the product's content against the truth.
@@ -182,6 +204,12 @@ def main() -> None:
         f"\nno-change cycle: {feed_requests} feed request(s), {len(calls)} OpenSearch "
         f"request(s): {calls}"
     )
+    per = 1000 / product.docs  # ms of CPU per change
+    print(
+        f"CPU per change: product {cpu * per:.3f} ms, node {node_cpu * per:.3f} ms "
+        f"(baseline: node {base_node_cpu * 1000 / baseline.docs:.3f} ms); "
+        f"wall per change {product.seconds * per:.3f} ms on {os.cpu_count()} cores"
+    )
     print(f"content spot check: {len(names)} documents equal to the truth at offset {head}")
     path = save(
         "changes",
@@ -191,6 +219,11 @@ def main() -> None:
             "kinds": kinds,
             "runs": [product.row(), baseline.row()],
             "product_vs_baseline": round(ratio, 2),
+            "cpu_ms_per_change": {
+                "product": round(cpu * per, 3),
+                "node": round(node_cpu * per, 3),
+                "baseline_node": round(base_node_cpu * 1000 / baseline.docs, 3),
+            },
             "no_change_cycle": {"feed_requests": feed_requests, "opensearch_requests": calls},
             "snapshot_init_seconds": round(init_seconds, 1),
         },

@@ -358,6 +358,14 @@ class Store:
         )
         self.refresh(index)
 
+    def set_refresh_interval(self, index: str, interval: str | None) -> None:
+        """Set the index's refresh interval (None: back to the cluster default)."""
+        body = {"index": {"refresh_interval": interval}}
+        self._call(
+            f"setting the refresh interval of {index}",
+            lambda: self.client.indices.put_settings(index=index, body=body),
+        )
+
     def refresh(self, index: str) -> None:
         self._call(f"refreshing {index}", lambda: self.client.indices.refresh(index=index))
 

@@ -11,8 +11,10 @@ from typing import Any
 import pytest
 from opensearchpy import OpenSearch
 
+from content_sync.events import Events
 from content_sync.runtime import Runtime
 from content_sync.store import Store
+from content_sync.sync import CATCH_UP_REFRESH
 from content_sync.testing.server import FeedServer
 from tests.helpers import FEED, assert_matches_truth, make_settings, state_of
 
@@ -132,6 +134,42 @@ def test_catch_up_over_later_cycles_without_snapshot(
         model.head_offset - 1,
         model.head_offset,
     ]
+
+
+def test_long_catch_up_refreshes_rarely_then_once_at_the_end(
+    feed_server: FeedServer, os_client: OpenSearch, runtime_factory: Any
+) -> None:
+    model = feed_server.model
+    rt = runtime_factory(sync={"batch_size": 250})
+    sync = rt.feed_sync(FEED)
+    sync.run_cycle()
+    alias = rt.settings.feed(FEED).index
+    seen: list[str | None] = []
+
+    def interval() -> str | None:
+        got = os_client.indices.get_settings(index=alias, name="index.refresh_interval")
+        # An index without the setting is left out of the answer altogether.
+        values = [v["settings"]["index"]["refresh_interval"] for v in got.values()]
+        return values[0] if values else None
+
+    class Watch(Events):
+        def changes_applied(self, feed: str, kind: str, count: int) -> None:
+            seen.append(interval())
+
+    sync.events = Watch()
+    head = model.append_changes(700)  # 3 windows
+    assert sync.run_cycle().after == head
+    assert seen and set(seen) == {CATCH_UP_REFRESH}
+    assert interval() is None  # back to the default
+    # Refreshed once at the end: a search sees every document without anyone refreshing.
+    truth = dict(model.truth(head))
+    assert os_client.count(index=alias)["count"] == len(truth)
+    assert_matches_truth(os_client, alias, model, head)
+
+    seen.clear()
+    head = model.append_changes(100)  # one window: not worth two settings requests
+    assert sync.run_cycle().after == head
+    assert seen and set(seen) == {None}
 
 
 def test_without_empties_windows_have_holes_and_content_is_right(
