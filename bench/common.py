@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -14,6 +13,7 @@ from typing import Any
 import yaml
 from opensearchpy import OpenSearch
 
+from content_sync.testing.procmem import run_measured
 from content_sync.testing.server import FeedServer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,15 +92,13 @@ def node_cpu_seconds(url: str) -> float:
 
 
 def run_product(config: Path, *args: str) -> tuple[float, float, float]:
-    """Run the real console script; return (wall seconds, peak RSS MB, CPU seconds) of it."""
-    started = time.perf_counter()
-    proc = subprocess.Popen([SCRIPT, *args, "--config", str(config)])
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - started
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        sys.exit(f"content-sync {' '.join(args)} failed with exit {proc.returncode}")
-    return seconds, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime  # maxrss in KiB
+    """Run the real console script; return (wall seconds, peak RSS MB, CPU seconds) of it. The
+    peak is the process's own (procmem): wait4's ru_maxrss would include this benchmark's size
+    at the fork, which grows with the feed it builds."""
+    run = run_measured([SCRIPT, *args, "--config", str(config)])
+    if run.returncode != 0:
+        sys.exit(f"content-sync {' '.join(args)} failed with exit {run.returncode}")
+    return run.seconds, run.peak_rss_mb, run.cpu_seconds
 
 
 def save(name: str, payload: dict[str, Any]) -> Path:

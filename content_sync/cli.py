@@ -7,11 +7,15 @@ Errors are one sentence on stderr naming the setting, URL or file at fault, neve
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import signal
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from content_sync import __version__
@@ -104,14 +108,38 @@ def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+@contextlib.contextmanager
+def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """SIGTERM/SIGINT stop a manual cycle as they stop the service: the current window finishes
+    (or is not recorded), a snapshot download or load is abandoned and its files removed. A
+    second signal interrupts at once."""
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        log.info("received %s: stopping after the current window", signal.Signals(signum).name)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def _cmd_sync(args: argparse.Namespace, settings: Settings) -> int:
     feeds = [settings.feed(args.feed)] if args.feed else settings.feeds
     code = EXIT_OK
     events = progress_events()
-    with Runtime(settings, events=events) as runtime:
+    with Runtime(settings, events=events) as runtime, _stop_on_signals(runtime.stop):
         runtime.check_store()  # fail fast, with the reason, when OpenSearch is not there
         for feed in feeds:
             name = feed.name
+            if runtime.stop.is_set():
+                print(f"content-sync: feed {name}: not started (stopping)", file=sys.stderr)
+                code = EXIT_FAILED
+                continue
             if not feed.enabled or feed.offline:
                 why = "disabled" if not feed.enabled else "offline: use content-sync import"
                 print(f"feed {name}: skipped ({why})", file=sys.stderr)
@@ -122,7 +150,12 @@ def _cmd_sync(args: argparse.Namespace, settings: Settings) -> int:
                 print(runtime.feed_sync(name).plan(resync=args.resync).describe())
                 continue
             result = runtime.feed_sync(name).run_cycle(resync=args.resync)
-            if result.outcome != "ok" or result.after != result.remote:
+            if result.outcome == "stopped":
+                print(
+                    f"content-sync: feed {name}: stopped at offset {result.after}", file=sys.stderr
+                )
+                code = EXIT_FAILED
+            elif result.outcome != "ok" or result.after != result.remote:
                 print(
                     f"content-sync: feed {name}: {result.outcome}: {result.error}", file=sys.stderr
                 )

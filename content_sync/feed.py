@@ -18,6 +18,7 @@ from typing import Any, Literal
 from urllib.parse import quote, urlsplit
 
 import httpx
+import orjson
 
 from content_sync import __version__, failpoints
 from content_sync.errors import BadFeedAnswer, DisallowedHost, FeedUnavailable, SnapshotError
@@ -29,8 +30,7 @@ __all__ = ["Change", "ConsumerInfo", "FeedClient", "user_agent"]
 log = logging.getLogger(__name__)
 
 ChangeType = Literal["create", "update", "delete"]
-# The feed's JSON answers are small (a window of 1000 changes is a few MB); refuse absurd ones.
-MAX_ANSWER_BYTES = 256 * 1024 * 1024
+ERROR_DETAIL_BYTES = 300  # of an error page, quoted in the message; the rest is never read
 
 
 def user_agent() -> str:
@@ -114,20 +114,24 @@ class FeedClient:
     def _get_json(self, url: str, params: dict[str, str] | None = None) -> Any:
         def once() -> Any:
             try:
-                response = self._http.get(url, params=params)
+                with self._http.stream("GET", url, params=params) as response:
+                    _raise_for_status(response, url)
+                    ctype = response.headers.get("Content-Type", "none")
+                    body = _read_capped(response, url, self._settings.max_answer_bytes)
             except httpx.TimeoutException as exc:
                 raise FeedUnavailable(f"feed timed out: {url}", cause="feed-timeout") from exc
             except httpx.TransportError as exc:
                 raise FeedUnavailable(
                     f"feed unreachable: {url}: {exc}", cause="feed-connection"
                 ) from exc
-            _raise_for_status(response, url)
-            if len(response.content) > MAX_ANSWER_BYTES:
-                raise BadFeedAnswer(f"{url}: answer of {len(response.content)} bytes is too large")
+            except (httpx.TooManyRedirects, httpx.DecodingError) as exc:
+                raise BadFeedAnswer(f"{url}: {_describe(exc)}") from None
             try:
-                return response.json()
-            except ValueError:
-                raise BadFeedAnswer(f"{url}: answer is not JSON") from None
+                return orjson.loads(body)  # ~3x json on a window of changes
+            except ValueError as exc:  # orjson also refuses nesting deeper than 1024
+                raise BadFeedAnswer(
+                    f"{url}: answer is not JSON (Content-Type {ctype}): {exc}"
+                ) from None
 
         return self._retry.call(once)
 
@@ -137,6 +141,11 @@ class FeedClient:
         data = body.get("data") if isinstance(body, dict) else None
         if not isinstance(data, dict):
             raise BadFeedAnswer(f"{url}: answer has no 'data' object")
+        # The answer names its consumer: one for another (a misrouting proxy or cache) must not
+        # pass for ours, whose offsets it does not describe.
+        for key, asked in (("context", context), ("name", consumer)):
+            if data.get(key) not in (None, asked):
+                raise BadFeedAnswer(f"{url}: answer is for {key} {data[key]!r}, not {asked!r}")
         if data.get("last_offset") in (None, ""):
             raise BadFeedAnswer(f"{url}: answer has no last_offset")
         last = _offset(data["last_offset"], f"{url}: last_offset")
@@ -205,7 +214,11 @@ class FeedClient:
         parts = urlsplit(link)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise BadFeedAnswer(f"snapshot link {link!r} is not an http(s) URL")
-        fd, name = tempfile.mkstemp(prefix="content-sync-", suffix=".zip", dir=temp_dir)  # 0600
+        remove_stale_downloads(temp_dir)
+        # Named after this process (0600), so a later run can tell a dead process's file.
+        fd, name = tempfile.mkstemp(
+            prefix=f"content-sync-{os.getpid()}-", suffix=".zip", dir=temp_dir
+        )
         path = Path(name)
         try:
             with os.fdopen(fd, "wb") as out:
@@ -229,6 +242,9 @@ class FeedClient:
         try:
             with self._http.stream("GET", link, headers=headers) as response:
                 _raise_for_status(response, link)
+                ctype = response.headers.get("Content-Type", "").partition(";")[0].strip().lower()
+                if ctype == "text/html" or ctype.endswith("json"):  # an error or login page
+                    raise BadFeedAnswer(f"snapshot {link} answered {ctype}, not a zip archive")
                 total = _expected_total(response, have, link)
                 if response.status_code == 200 and have:
                     # The server ignored our Range: start again from the first byte.
@@ -266,7 +282,25 @@ class FeedClient:
             raise FeedUnavailable(
                 f"snapshot download interrupted at {have} bytes: {exc}", cause="feed-connection"
             ) from exc
+        except (httpx.TooManyRedirects, httpx.DecodingError) as exc:
+            raise BadFeedAnswer(f"snapshot {link}: {_describe(exc)}") from None
         out.flush()
+
+
+def remove_stale_downloads(temp_dir: Path | None) -> None:
+    """Delete archives whose process died before it could (SIGKILL, power cut); never a live
+    process's: the file name carries the pid of its owner."""
+    for path in Path(temp_dir or tempfile.gettempdir()).glob("content-sync-*-*.zip"):
+        pid = path.name.split("-")[2]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            log.info("removing %s, left by process %s, which is gone", path, pid)
+            path.unlink(missing_ok=True)
+        except OSError:  # alive, but not ours to signal
+            pass
 
 
 def _expected_total(response: httpx.Response, have: int, link: str) -> int | None:
@@ -297,9 +331,37 @@ def _raise_for_status(response: httpx.Response, url: str) -> None:
         )
     detail = ""
     with contextlib.suppress(Exception):
-        response.read()
-        detail = f": {response.text[:300]}"
+        head = b""
+        for chunk in response.iter_bytes():  # a prefix only: the page may be huge
+            head += chunk
+            if len(head) >= ERROR_DETAIL_BYTES:
+                break
+        detail = f": {head[:ERROR_DETAIL_BYTES].decode('utf-8', 'replace')}"
     raise BadFeedAnswer(f"feed answered {status} for {url}{detail}")
+
+
+def _read_capped(response: httpx.Response, url: str, limit: int) -> bytes:
+    """The body of a JSON answer, refused once beyond `limit` bytes: it is parsed whole, so its
+    size is what bounds memory, and a hostile feed must not choose that."""
+    length = response.headers.get("Content-Length", "")
+    if length.isdigit() and int(length) > limit:
+        raise BadFeedAnswer(
+            f"{url}: answer of {length} bytes is over cti.max_answer_bytes ({limit})"
+        )
+    parts: list[bytes] = []
+    size = 0
+    for chunk in response.iter_bytes():
+        size += len(chunk)
+        if size > limit:
+            raise BadFeedAnswer(f"{url}: answer exceeds cti.max_answer_bytes ({limit})")
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def _describe(exc: httpx.RequestError) -> str:
+    if isinstance(exc, httpx.TooManyRedirects):
+        return f"too many redirects ({exc})"
+    return f"cannot decode the answer ({exc})"
 
 
 def _parse_change(item: object, context: str, where: str) -> Change:

@@ -47,7 +47,10 @@ class ArchiveKeeper:
         shutil.move(str(archive), zip_path)
         os.chmod(zip_path, 0o600)
         tmp = meta_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"offset": offset, "link": link}))
+        tmp.unlink(missing_ok=True)
+        # Private like the archive, whatever the umask.
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
+            out.write(json.dumps({"offset": offset, "link": link}))
         tmp.replace(meta_path)
         return True
 

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import jsonpatch
+import jsonpointer
 import msgspec
 import orjson
 
@@ -106,10 +107,35 @@ def apply_patch(document: Any, operations: Sequence[dict[str, Any]]) -> Any:
             raise jsonpatch.InvalidJsonPatch(f"operation {operation!r} is not an object")
         op = operation.get("op")
         path = operation.get("path")
+        source = operation.get("from")
+        if _splits(op, source, path):
+            document = _move(document, str(source), str(path))
+            continue
         if isinstance(path, str):
             _prepare(document, path, whole=op == "test")
-        source = operation.get("from")
         if op in ("move", "copy") and isinstance(source, str):
             _prepare(document, source, whole=False)  # a copied raw value stays raw: immutable
         document = jsonpatch.JsonPatch([operation]).apply(document, in_place=True)
     return document
+
+
+def _splits(op: object, source: object, path: object) -> bool:
+    """A move that takes two steps (a no-op, or a move into its own child, is jsonpatch's to
+    answer as it is)."""
+    if op != "move" or not isinstance(source, str) or not isinstance(path, str):
+        return False
+    return source != path and not path.startswith(source + "/")
+
+
+def _move(document: Any, source: str, path: str) -> Any:
+    """RFC 6902's move: a remove, then an add at `path` in the document the remove left. Done as
+    two steps so that `path` is opened after the remove: when it runs through the array the value
+    leaves, its indices shift, and opening it beforehand opens the wrong element."""
+    _prepare(document, source, whole=False)
+    value = jsonpointer.resolve_pointer(document, source)
+    document = jsonpatch.JsonPatch([{"op": "remove", "path": source}]).apply(
+        document, in_place=True
+    )
+    _prepare(document, path, whole=False)
+    add = {"op": "add", "path": path, "value": value}
+    return jsonpatch.JsonPatch([add]).apply(document, in_place=True)

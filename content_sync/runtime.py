@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass, field, replace
 
@@ -12,11 +13,13 @@ from content_sync.events import Events, current_feed
 from content_sync.feed import FeedClient
 from content_sync.notify import Notifier
 from content_sync.retry import RetryPolicy
-from content_sync.settings import Settings, public_url
+from content_sync.settings import Settings, public_url, unverified_endpoints
 from content_sync.store import Store, make_client
 from content_sync.sync import FeedSync
 
 __all__ = ["Runtime"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -28,6 +31,16 @@ class Runtime:
     quick: bool = False
 
     def __post_init__(self) -> None:
+        # Every start (each command, each service start) says so, once per endpoint.
+        for what, key, urls in unverified_endpoints(self.settings):
+            log.warning(
+                "TLS certificate verification is off for %s (%s: false): the identity of %s "
+                "is not checked; give a private CA in %s instead",
+                what,
+                key,
+                urls,
+                key.replace("verify_certs", "ca_certs"),
+            )
         events = self.events
         retry = RetryPolicy.from_settings(self.settings.retry)
         if self.quick:
@@ -48,6 +61,11 @@ class Runtime:
             self.store.client.info(request_timeout=10)
         except opensearchpy.AuthenticationException:
             raise StoreError(f"OpenSearch at {hosts} refused the credentials") from None
+        except opensearchpy.SSLError as exc:
+            raise StoreUnavailable(
+                f"OpenSearch at {hosts}: TLS handshake failed: {exc.info} "
+                "(a private CA goes in opensearch.ca_certs)"
+            ) from None
         except opensearchpy.TransportError as exc:
             raise StoreUnavailable(
                 f"OpenSearch at {hosts} is not reachable: {type(exc).__name__}"

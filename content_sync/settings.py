@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -16,6 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -43,6 +45,7 @@ __all__ = [
     "parse_duration",
     "public_url",
     "tls_verify",
+    "unverified_endpoints",
 ]
 
 ENV_PREFIX = "CONTENT_SYNC_"
@@ -84,11 +87,41 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def tls_verify(verify_certs: bool, ca_certs: Path | None) -> bool | str:
-    """httpx's `verify`: off, the system store, or the operator's CA bundle."""
+def tls_verify(verify_certs: bool, ca_certs: Path | None) -> bool | ssl.SSLContext:
+    """httpx's `verify`: off, the default store, or a context trusting the operator's CA file."""
     if verify_certs and ca_certs is not None:
-        return str(ca_certs)
+        return ssl.create_default_context(cafile=str(ca_certs))
     return verify_certs
+
+
+def _ca_file(value: Path | None) -> Path | None:
+    # Checked at start, so a wrong path is a settings error naming the key, not a traceback or a
+    # handshake failure later. The message names the file, never its content.
+    if value is None:
+        return None
+    try:
+        ssl.create_default_context(cafile=str(value))
+    except ssl.SSLError:
+        reason = "not a PEM file of CA certificates"
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+    else:
+        return value
+    raise ValueError(f"cannot use {value} as CA certificates: {reason}")
+
+
+CAFile = Annotated[Path | None, AfterValidator(_ca_file)]
+
+
+def _no_credentials(url: str, key: str) -> None:
+    """Credentials never ride in a URL: URLs end up in logs and errors."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    authority = rest.split("/", 1)[0]
+    if "@" in authority:
+        shown = f"{scheme}{sep}{authority.rpartition('@')[2]}"
+        raise ValueError(f"credentials do not belong in the URL ({shown}); {key}")
 
 
 def _read_secret(value: SecretStr | None, path: Path | None, key: str) -> str | None:
@@ -143,12 +176,16 @@ class CTISettings(_Section):
     allowed_hosts: StrList = Field(default_factory=list)
     timeout: Seconds = Field(default=60.0, gt=0)
     verify_certs: bool = True
-    ca_certs: Path | None = None
+    ca_certs: CAFile = None
     proxy: str | None = None
+    # A JSON answer is parsed whole, so this bounds the memory one answer may take. A window of
+    # 1000 changes is a few MB (12 MB if all are creates of average CVE records).
+    max_answer_bytes: int = Field(default=64 * 1024 * 1024, ge=1024 * 1024)
 
     @field_validator("base_url")
     @classmethod
     def _url(cls, value: str) -> str:
+        _no_credentials(value, "the CTI API takes none")
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"{value!r} is not an http(s) URL")
@@ -195,7 +232,7 @@ class OpenSearchSettings(_Section):
     password: SecretStr | None = None
     password_file: Path | None = None
     verify_certs: bool = True
-    ca_certs: Path | None = None
+    ca_certs: CAFile = None
     state_index: str = Field(default="content-sync-state", pattern=r"^[a-z0-9][a-z0-9_.-]*$")
     timeout: Seconds = Field(default=60.0, gt=0)
     # Bulk requests are bounded by count and by bytes; `bulk_concurrency` of them in flight.
@@ -204,6 +241,13 @@ class OpenSearchSettings(_Section):
     bulk_concurrency: int = Field(default=2, ge=1, le=16)
     # Replicas of the content index once loaded (loading runs with none).
     replicas: str = "0-1"
+
+    @field_validator("hosts")
+    @classmethod
+    def _hosts(cls, value: list[str]) -> list[str]:
+        for host in value:
+            _no_credentials(host, "give opensearch.username and password / password_file")
+        return value
 
     def password_value(self) -> str | None:
         return _read_secret(self.password, self.password_file, "opensearch.password")
@@ -216,13 +260,22 @@ class CommandManagerSettings(_Section):
     password: SecretStr | None = None
     password_file: Path | None = None
     verify_certs: bool = True
-    ca_certs: Path | None = None
+    ca_certs: CAFile = None
     timeout: Seconds = Field(default=30.0, gt=0)
     version: str = "5.0.0"
     source: str = "Content Manager"
     command_timeout: int = Field(default=100, gt=0)
     target_id: str = "vulnerability-detector"
     target_type: str = "server"
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        _no_credentials(value, "give command_manager.username and password / password_file")
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{value!r} is not an http(s) URL")
+        return value
 
     def password_value(self) -> str | None:
         return _read_secret(self.password, self.password_file, "command_manager.password")
@@ -309,6 +362,29 @@ class Settings(_Section):
         raise SettingsError(f"feeds: no feed named {name!r} (configured: {known})")
 
 
+def unverified_endpoints(settings: Settings) -> list[tuple[str, str, str]]:
+    """(what, setting, URLs) of each HTTPS endpoint whose certificate is not verified."""
+    cm = settings.command_manager
+    endpoints = [
+        ("the CTI feed", "cti.verify_certs", settings.cti.verify_certs, [settings.cti.base_url]),
+        (
+            "OpenSearch",
+            "opensearch.verify_certs",
+            settings.opensearch.verify_certs,
+            settings.opensearch.hosts,
+        ),
+        ("the Command Manager", "command_manager.verify_certs", cm.verify_certs, [cm.url]),
+    ]
+    if not cm.enabled:
+        endpoints.pop()
+    out = []
+    for what, key, verify, urls in endpoints:
+        tls = [public_url(u) for u in urls if urlsplit(u).scheme == "https"]
+        if not verify and tls:
+            out.append((what, key, ", ".join(tls)))
+    return out
+
+
 def public_url(url: str) -> str:
     """A URL fit for printing: without user:password and query."""
     parts = urlsplit(url)
@@ -319,7 +395,8 @@ def public_url(url: str) -> str:
 
 def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> None:
     for key, value in sorted(environ.items()):
-        if not key.startswith(ENV_PREFIX) or key == f"{ENV_PREFIX}CONFIG":
+        # CONFIG names the file; FAILPOINTS arms the reliability suite's crash points.
+        if not key.startswith(ENV_PREFIX) or key[len(ENV_PREFIX) :] in ("CONFIG", "FAILPOINTS"):
             continue
         path = [p.lower() for p in key[len(ENV_PREFIX) :].split("__")]
         node: Any = data
@@ -344,7 +421,7 @@ def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> None:
 def _format(exc: ValidationError, source: str) -> str:
     first = exc.errors()[0]
     loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
-    msg = first["msg"]
+    msg = first["msg"].removeprefix("Value error, ")  # our validators' own sentences
     if first["type"] == "extra_forbidden":
         msg = "unknown key"
     more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""

@@ -16,6 +16,7 @@ import re
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,8 @@ import ijson
 import orjson
 
 from content_sync.errors import SnapshotError
-from content_sync.zipstream import inflate_member
 from content_sync.lazydoc import decoded, fragment
+from content_sync.zipstream import inflate_member
 
 __all__ = ["Resource", "SnapshotReader", "content_source", "offset_from_member_name"]
 
@@ -36,14 +37,20 @@ if ijson.backend != "yajl2_c":  # pragma: no cover - depends on the installed wh
 
 _MEMBER = re.compile(r"^(?P<ctx>.+)_(?P<offset>\d+)_(?P<ts>\d+)\.json$")
 # ijson keeps a prefix string per nesting level, so a deeply nested line costs memory quadratic in
-# its depth (100,000 levels exhaust any machine). Lines with few brackets cannot be deep; only the
-# others get an exact (slower) depth scan.
-CHEAP_BRACKETS = 2000
+# its depth (100,000 levels exhaust any machine), and a document deeper than Python's recursion
+# limit (~1000) could be stored but not decoded again (by a later change reaching into it, or any
+# Python reader). A line with at most MAX_DEPTH brackets cannot be deeper; only the others (~1 % of
+# records) get a depth scan.
 MAX_DEPTH = 512
+# Blank lines are not JSON Lines; a few are forgiven. A stream of them costs no memory but a
+# Python loop turn each: a 1 MB archive of newlines inflates to a billion of them (minutes of CPU).
+MAX_BLANK_LINES = 1000
 _PAYLOAD_KEY = re.compile(rb'"payload"[ \t\r]*:[ \t\r]*(?=\{)')
 _WHITESPACE = b" \t\r\n"
 _CLOSE = ord("}")
-_TOKENS = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+_ESCAPE = re.compile(rb"\\.")
+_NOT_BRACKET = bytes(c for c in range(256) if c not in b"[]{}")
+_STEP = [1 if c in b"[{" else -1 if c in b"]}" else 0 for c in range(256)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +115,7 @@ class SnapshotReader:
     member_name: str = ""
     declared_size: int = 0
     lines: int = 0
+    blank_lines: int = 0
     bytes_read: int = 0
     complete: bool = False
     _prefix_parser: Any = None
@@ -158,18 +166,22 @@ class SnapshotReader:
 
     def _parse(self, chunks: Iterator[bytes]) -> Iterator[Resource]:
         for line in self._lines(chunks):
-            if len(line) > self.max_line_bytes:
-                raise SnapshotError(
-                    f"{self.path}: line {self.lines + 1} is longer than sync.max_line_bytes "
-                    f"({self.max_line_bytes})"
-                )
+            self._check_line(len(line), self.lines + 1)
             if line and not line.isspace():
                 self.lines += 1
                 yield self._resource(line)
+            else:
+                self.blank_lines += 1
+                if self.blank_lines > MAX_BLANK_LINES:
+                    raise SnapshotError(
+                        f"{self.path}: more than {MAX_BLANK_LINES} blank lines (after line "
+                        f"{self.lines}): not a JSON Lines snapshot"
+                    )
 
     def _lines(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
         """Split the inflated stream into lines. Memory: one chunk plus one line."""
-        pending = b""
+        head: list[bytes] = []  # the start of the current line, when it spans chunks
+        held = 0
         for chunk in chunks:
             self.bytes_read += len(chunk)
             if self.bytes_read > self.max_uncompressed_bytes:
@@ -177,20 +189,34 @@ class SnapshotReader:
                     f"{self.path}: member inflates beyond sync.max_uncompressed_bytes "
                     f"({self.max_uncompressed_bytes})"
                 )
-            lines = (pending + chunk).split(b"\n")
+            if b"\n" not in chunk:
+                # Pieces of a long line are gathered, not re-joined chunk after chunk (which
+                # copies the line over and over), and refused as soon as they exceed the limit.
+                head.append(chunk)
+                held += len(chunk)
+                self._check_line(held, self.lines + 1)
+                continue
+            if head:
+                head.append(chunk)
+                chunk = b"".join(head)
+            lines = chunk.split(b"\n")
             pending = lines.pop()
-            if len(pending) > self.max_line_bytes:
-                raise SnapshotError(
-                    f"{self.path}: line {self.lines + len(lines) + 1} is longer than "
-                    f"sync.max_line_bytes ({self.max_line_bytes})"
-                )
+            head, held = ([pending], len(pending)) if pending else ([], 0)
+            self._check_line(held, self.lines + len(lines) + 1)
             yield from lines
-        if pending:
-            yield pending
+        if head:
+            yield b"".join(head)
+
+    def _check_line(self, size: int, number: int) -> None:
+        if size > self.max_line_bytes:
+            raise SnapshotError(
+                f"{self.path}: line {number} is longer than sync.max_line_bytes "
+                f"({self.max_line_bytes})"
+            )
 
     def _resource(self, line: bytes) -> Resource:
         where = f"{self.path}: line {self.lines}"
-        if line.count(b"[") + line.count(b"{") > CHEAP_BRACKETS and _depth(line) > MAX_DEPTH:
+        if line.count(b"[") + line.count(b"{") > MAX_DEPTH and _depth(line) > MAX_DEPTH:
             raise SnapshotError(f"{where} is nested deeper than {MAX_DEPTH} levels")
         return self._fast(line, where) or self._slow(line, where)
 
@@ -277,13 +303,9 @@ class SnapshotReader:
 
 
 def _depth(line: bytes) -> int:
-    """Deepest nesting of a JSON text, brackets inside strings ignored."""
-    depth = deepest = 0
-    for token in _TOKENS.finditer(line):
-        char = token.group()[:1]
-        if char in (b"[", b"{"):
-            depth += 1
-            deepest = max(deepest, depth)
-        elif char in (b"]", b"}"):
-            depth -= 1
-    return deepest
+    """Deepest nesting of a JSON text, brackets inside strings ignored. Only C-speed steps: once
+    escapes are dropped, every other piece between quotes is outside the strings."""
+    if b"\\" in line:
+        line = _ESCAPE.sub(b"", line)
+    outside = b"".join(line.split(b'"')[::2]).translate(None, _NOT_BRACKET)
+    return max(accumulate(map(_STEP.__getitem__, outside)), default=0)

@@ -88,7 +88,7 @@ class _Got(msgspec.Struct):
     id: str = msgspec.field(name="_id")
     found: bool = False
     source: _Source | None = msgspec.field(name="_source", default=None)
-    error: msgspec.Raw | None = None
+    error: dict[str, Any] | None = None  # msgspec.Raw | None only ever accepts null
 
 
 class _MgetAnswer(msgspec.Struct):
@@ -452,8 +452,10 @@ class Store:
                 raise StoreError(f"multi-get answer from {index} not understood: {exc}") from None
             out: dict[str, dict[str, Any]] = {}
             for doc in got.docs:
-                if doc.error is not None:
-                    raise StoreError(f"multi-get of {doc.id} failed: {bytes(doc.error)[:300]!r}")
+                if doc.error is not None:  # e.g. its shard is still starting after a restart
+                    raise StoreUnavailable(
+                        f"OpenSearch could not read {doc.id}: {doc.error}", cause="store-shard"
+                    )
                 if doc.found and doc.source is not None:
                     source = doc.source
                     out[doc.id] = {

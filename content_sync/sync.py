@@ -25,7 +25,6 @@ import threading
 import time
 import uuid
 import zipfile
-from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -587,19 +586,24 @@ class FeedSync:
         result: CycleResult,
     ) -> None:
         feed = self.feed
-        pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"windows-{feed.name}")
-        fetches: deque[tuple[int, Future[list[Change]]]] = deque()
+        # One thread reads the feed, one writes: window N+1 is fetched while N is patched, and
+        # one answer at most is being read (its size is bounded by cti.max_answer_bytes).
+        reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"fetch-{feed.name}")
+        writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"write-{feed.name}")
+
+        def ahead() -> tuple[int, Future[list[Change]]] | None:
+            span = next(spans, None)
+            return None if span is None else (span[1], reader.submit(fetch, *span))
+
+        coming = ahead()
         writing: Future[None] | None = None
         written: dict[str, dict[str, Any] | None] = {}  # what the write in flight holds
         try:
-            while True:
-                while len(fetches) < 2 and (span := next(spans, None)) is not None:
-                    fetches.append((span[1], pool.submit(fetch, *span)))
-                if not fetches:
-                    break
+            while coming is not None:
                 self._check_stop()
-                high, fetched = fetches.popleft()
+                high, fetched = coming
                 changes = fetched.result()
+                coming = ahead()
                 need = needs_stored(changes)
                 stored = self.store.mget(index, [n for n in need if n not in written])
                 for name in need:
@@ -609,7 +613,7 @@ class FeedSync:
                 ops = _bulk_ops(window)
                 if writing is not None:
                     writing.result()  # N-1 recorded before N is written
-                writing = pool.submit(self._write_window, index, ops, window, state, high, result)
+                writing = writer.submit(self._write_window, index, ops, window, state, high, result)
                 written = window.final
             if writing is not None:
                 writing.result()
@@ -622,7 +626,8 @@ class FeedSync:
                     log.warning("feed %s: the last window's write failed: %s", feed.name, exc)
             raise
         finally:
-            pool.shutdown(wait=False, cancel_futures=True)
+            reader.shutdown(wait=False, cancel_futures=True)
+            writer.shutdown(wait=False)
 
     def _write_window(
         self,

@@ -20,6 +20,7 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from content_sync.errors import SnapshotError
 
@@ -67,17 +68,17 @@ def inflate_member(path: Path, info: zipfile.ZipInfo) -> Iterator[bytes]:
                     f"({info.compress_size - left} of {info.compress_size} compressed bytes)"
                 )
             left -= len(data)
-            if inflater is not None:
-                try:
-                    data = inflater.decompress(data)
-                except (zlib.error, inflate_lib.error) as exc:
+            pieces = (data,) if inflater is None else _inflate(inflater, data, path, info, size)
+            for piece in pieces:
+                crc = inflate_lib.crc32(piece, crc)
+                size += len(piece)
+                if size > info.file_size:
+                    # A bomb whose headers understate its size: stop at once, not at the end.
                     raise SnapshotError(
-                        f"{path}: member {info.filename!r} is corrupt after {size} bytes: {exc}"
-                    ) from None
-            if data:
-                crc = inflate_lib.crc32(data, crc)
-                size += len(data)
-                yield data
+                        f"{path}: member {info.filename!r} inflates beyond the {info.file_size} "
+                        "bytes its headers declare"
+                    )
+                yield piece
         if inflater is not None:
             tail = inflater.flush()
             if tail:
@@ -98,3 +99,22 @@ def inflate_member(path: Path, info: zipfile.ZipInfo) -> Iterator[bytes]:
             f"{path}: member {info.filename!r} fails its CRC-32 check "
             f"(computed {crc:08x}, declared {info.CRC:08x})"
         )
+
+
+def _inflate(
+    inflater: Any, data: bytes, path: Path, info: zipfile.ZipInfo, done: int
+) -> Iterator[bytes]:
+    """`data` inflated in pieces of at most CHUNK bytes. Deflate expands up to ~1000x, so one
+    1 MiB read of a zip bomb would otherwise become a 1 GiB string (and a billion-item split)."""
+    while data:
+        try:
+            piece = inflater.decompress(data, CHUNK)
+        except (zlib.error, inflate_lib.error) as exc:
+            raise SnapshotError(
+                f"{path}: member {info.filename!r} is corrupt after {done} bytes: {exc}"
+            ) from None
+        if not piece:
+            return  # all input taken (or the stream ended: the caller checks)
+        done += len(piece)
+        yield piece
+        data = inflater.unconsumed_tail

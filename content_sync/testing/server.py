@@ -12,6 +12,8 @@ import email.utils
 import json
 import re
 import socket
+import ssl
+import sys
 import threading
 import time
 import uuid
@@ -111,7 +113,8 @@ class FeedServer:
     """Serves `model` (which a test may mutate or replace while the server runs).
 
     The socket is bound in the constructor (URLs are valid at once); start() begins serving in a
-    daemon thread, stop() closes everything. Also a context manager.
+    daemon thread, stop() closes everything. Also a context manager. With `ssl_context` (a server
+    context holding the certificate) it speaks HTTPS, and its URLs say so.
     """
 
     range_support: bool = True
@@ -124,8 +127,10 @@ class FeedServer:
         port: int = 0,
         snapshot_host: str | None = None,
         page_limit: int = 1000,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.model = model
+        self.ssl_context = ssl_context
         # More consumers served beside `model` (tests of several feeds on one CTI base URL).
         self.extra_models: list[FeedModel] = []
         self.host = host
@@ -150,6 +155,7 @@ class FeedServer:
             # reuses the same port.
             self._httpd = _HTTPServer((self.host, self._want_port), _Handler)
             self._httpd.feed = self
+            self._httpd.ssl_context = self.ssl_context
             self._want_port = int(self._httpd.server_address[1])
         return self._httpd
 
@@ -195,8 +201,12 @@ class FeedServer:
         return self._want_port
 
     @property
+    def scheme(self) -> str:
+        return "https" if self.ssl_context is not None else "http"
+
+    @property
     def origin(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{self.scheme}://{self.host}:{self.port}"
 
     @property
     def base_url(self) -> str:
@@ -219,7 +229,7 @@ class FeedServer:
         """The link of snapshot `name` (default: the current one), as the consumer shows it."""
         m = model or self.model
         return (
-            f"http://{self.snapshot_host or self.host}:{self.port}{_STORE}{m.context}"
+            f"{self.scheme}://{self.snapshot_host or self.host}:{self.port}{_STORE}{m.context}"
             f"/consumers/{m.consumer}/{name or m.snapshot_name}"
         )
 
@@ -271,6 +281,7 @@ class _HTTPServer(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 128
     feed: FeedServer
+    ssl_context: ssl.SSLContext | None = None
 
     def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
         self._open: set[socket.socket] = set()
@@ -279,6 +290,12 @@ class _HTTPServer(ThreadingHTTPServer):
 
     def get_request(self) -> tuple[socket.socket, Any]:
         sock, addr = super().get_request()
+        if self.ssl_context is not None:
+            # The handshake happens in the handler's thread (on the first read), so a client that
+            # stalls or refuses the certificate never blocks the accept loop.
+            sock = self.ssl_context.wrap_socket(
+                sock, server_side=True, do_handshake_on_connect=False
+            )
         with self._open_lock:
             self._open.add(sock)
         return sock, addr
@@ -287,6 +304,12 @@ class _HTTPServer(ThreadingHTTPServer):
         with self._open_lock:
             self._open.discard(request)
         super().shutdown_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that refused our certificate (or hung up mid-handshake) is not a server bug.
+        if isinstance(sys.exc_info()[1], ssl.SSLError | ConnectionError):
+            return
+        super().handle_error(request, client_address)
 
     def close_connections(self) -> None:
         """Close idle keep-alive connections too, so clients see the server go away."""
