@@ -16,11 +16,11 @@ import re
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
 import ijson
+import msgspec
 import orjson
 
 from content_sync.errors import SnapshotError
@@ -36,21 +36,25 @@ if ijson.backend != "yajl2_c":  # pragma: no cover - depends on the installed wh
     )
 
 _MEMBER = re.compile(r"^(?P<ctx>.+)_(?P<offset>\d+)_(?P<ts>\d+)\.json$")
-# ijson keeps a prefix string per nesting level, so a deeply nested line costs memory quadratic in
-# its depth (100,000 levels exhaust any machine), and a document deeper than Python's recursion
-# limit (~1000) could be stored but not decoded again (by a later change reaching into it, or any
-# Python reader). A line with at most MAX_DEPTH brackets cannot be deeper; only the others (~1 % of
-# records) get a depth scan.
-MAX_DEPTH = 512
+# Nesting: msgspec refuses a line nested deeper than Python's recursion limit (~1000 levels; the
+# node's own JSON parser refuses 1000 too), before ijson (slow path) could be fed such a line:
+# ijson keeps a prefix string per level, so 100,000 levels would exhaust any machine.
 # Blank lines are not JSON Lines; a few are forgiven. A stream of them costs no memory but a
 # Python loop turn each: a 1 MB archive of newlines inflates to a billion of them (minutes of CPU).
 MAX_BLANK_LINES = 1000
-_PAYLOAD_KEY = re.compile(rb'"payload"[ \t\r]*:[ \t\r]*(?=\{)')
-_WHITESPACE = b" \t\r\n"
-_CLOSE = ord("}")
-_ESCAPE = re.compile(rb"\\.")
-_NOT_BRACKET = bytes(c for c in range(256) if c not in b"[]{}")
-_STEP = [1 if c in b"[{" else -1 if c in b"]}" else 0 for c in range(256)]
+
+
+class _Line(msgspec.Struct):
+    """A snapshot line as the fast path reads it: metadata decoded, the payload left raw."""
+
+    payload: msgspec.Raw = msgspec.Raw(b"")
+    name: str | None = None
+    resource: str | None = None
+    offset: int | None = None
+    version: int = 0
+
+
+_LINE = msgspec.json.Decoder(_Line)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +65,7 @@ class Resource:
     offset: int
     version: int
     payload: dict[str, Any] | None = None
-    raw_payload: bytes | None = None
+    raw_payload: bytes | msgspec.Raw | None = None
 
     def source(self) -> bytes:
         """The content document as stored in OpenSearch."""
@@ -118,8 +122,6 @@ class SnapshotReader:
     blank_lines: int = 0
     bytes_read: int = 0
     complete: bool = False
-    _prefix_parser: Any = None
-    _prefix_sink: Any = None
 
     def _open_member(self, archive: zipfile.ZipFile) -> zipfile.ZipInfo:
         infos = archive.infolist()
@@ -167,7 +169,7 @@ class SnapshotReader:
     def _parse(self, chunks: Iterator[bytes]) -> Iterator[Resource]:
         for line in self._lines(chunks):
             self._check_line(len(line), self.lines + 1)
-            if line and not line.isspace():
+            if not _blank(line):
                 self.lines += 1
                 yield self._resource(line)
             else:
@@ -178,8 +180,9 @@ class SnapshotReader:
                         f"{self.lines}): not a JSON Lines snapshot"
                     )
 
-    def _lines(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
-        """Split the inflated stream into lines. Memory: one chunk plus one line."""
+    def _lines(self, chunks: Iterator[bytes]) -> Iterator[bytes | memoryview]:
+        """Split the inflated stream into lines: views into the chunk (no copy), except a line
+        that spans chunks. Memory: one chunk plus one line."""
         head: list[bytes] = []  # the start of the current line, when it spans chunks
         held = 0
         for chunk in chunks:
@@ -189,21 +192,28 @@ class SnapshotReader:
                     f"{self.path}: member inflates beyond sync.max_uncompressed_bytes "
                     f"({self.max_uncompressed_bytes})"
                 )
-            if b"\n" not in chunk:
+            end = chunk.find(b"\n")
+            if end < 0:
                 # Pieces of a long line are gathered, not re-joined chunk after chunk (which
                 # copies the line over and over), and refused as soon as they exceed the limit.
                 head.append(chunk)
                 held += len(chunk)
                 self._check_line(held, self.lines + 1)
                 continue
+            view = memoryview(chunk)
             if head:
-                head.append(chunk)
-                chunk = b"".join(head)
-            lines = chunk.split(b"\n")
-            pending = lines.pop()
-            head, held = ([pending], len(pending)) if pending else ([], 0)
-            self._check_line(held, self.lines + len(lines) + 1)
-            yield from lines
+                self._check_line(held + end, self.lines + 1)
+                head.append(chunk[:end])
+                yield b"".join(head)
+            else:
+                yield view[:end]
+            start = end + 1
+            while (end := chunk.find(b"\n", start)) >= 0:
+                yield view[start:end]
+                start = end + 1
+            rest = chunk[start:]
+            head, held = ([rest], len(rest)) if rest else ([], 0)
+            self._check_line(held, self.lines + 1)
         if head:
             yield b"".join(head)
 
@@ -214,67 +224,36 @@ class SnapshotReader:
                 f"({self.max_line_bytes})"
             )
 
-    def _resource(self, line: bytes) -> Resource:
+    def _resource(self, line: bytes | memoryview) -> Resource:
         where = f"{self.path}: line {self.lines}"
-        if line.count(b"[") + line.count(b"{") > MAX_DEPTH and _depth(line) > MAX_DEPTH:
-            raise SnapshotError(f"{where} is nested deeper than {MAX_DEPTH} levels")
         return self._fast(line, where) or self._slow(line, where)
 
-    def _fast(self, line: bytes, where: str) -> Resource | None:
+    def _fast(self, line: bytes | memoryview, where: str) -> Resource | None:
         """The real layout: `{"name": .., "offset": .., "version": .., .., "payload": {..}}`.
 
-        Only the short metadata before the payload is parsed (ijson); the payload's bytes are
-        passed through as they are. Building Python objects for 12 KB records would cost more
-        CPU than OpenSearch spends indexing them. The payload is still checked, by OpenSearch:
-        it parses every source, and the strict content mapping refuses a document with any
-        extra or duplicate top-level key, so a line the splice misreads fails the load instead
-        of landing wrong. Anything else takes the slow path.
+        One msgspec pass over the line: it checks the whole line is valid JSON, decodes the few
+        metadata keys and leaves the payload as its raw bytes, passed through as they are.
+        Building Python objects for 12 KB records would cost more CPU than OpenSearch spends
+        indexing them. Anything unexpected takes the slow path, which says what is wrong.
         """
-        key = line.find(b'"payload"')
-        found = _PAYLOAD_KEY.match(line, key) if key >= 0 else None
-        if found is None:
-            return None
-        start = found.end()
-        # The line must close the payload object and then the line's object: `} }`.
-        end = len(line)
-        for _ in range(2):
-            while end and line[end - 1] in _WHITESPACE:
-                end -= 1
-            if not end or line[end - 1] != _CLOSE:
-                return None
-            end -= 1
-        end += 1  # keep the payload's own closing brace
-        if end <= start:
-            return None
-        item = self._parse_prefix(line[:key] + b'"payload":0}')
-        if item is None:
-            return None
-        name, offset, version = self._meta(item, where)
-        return Resource(name, offset, version, raw_payload=line[start:end])
-
-    def _parse_prefix(self, prefix: bytes) -> dict[str, Any] | None:
-        """Parse the metadata prefix with one long-lived ijson parser (a fresh one per line costs
-        more than the parse). '"payload":0}' closes the object only if the key really is a
-        top-level one; otherwise the parser errs or waits for more input, and is replaced."""
-        if self._prefix_parser is None:
-            self._prefix_sink = ijson.sendable_list()
-            self._prefix_parser = ijson.items_coro(
-                self._prefix_sink, "", use_float=True, multiple_values=True
-            )
         try:
-            self._prefix_parser.send(prefix)
-        except ijson.JSONError:
-            self._prefix_parser = None
+            item = _LINE.decode(line)
+        except RecursionError:
+            raise SnapshotError(f"{where} is nested too deeply (1000 levels or more)") from None
+        except msgspec.MsgspecError:
             return None
-        if len(self._prefix_sink) != 1 or not isinstance(self._prefix_sink[0], dict):
-            self._prefix_parser = None  # mid-value or confused: start afresh next time
+        if memoryview(item.payload)[:1].tobytes() != b"{":
             return None
-        item: dict[str, Any] = self._prefix_sink.pop()
-        return item
+        meta: dict[str, Any] = {"offset": item.offset, "version": item.version}
+        for key in ("name", "resource"):
+            if (value := getattr(item, key)) is not None:
+                meta[key] = value
+        name, offset, version = self._meta(meta, where)
+        return Resource(name, offset, version, raw_payload=item.payload)  # a view: no copy
 
-    def _slow(self, line: bytes, where: str) -> Resource:
+    def _slow(self, line: bytes | memoryview, where: str) -> Resource:
         try:
-            values = list(ijson.items(line, "", use_float=True, multiple_values=True))
+            values = list(ijson.items(bytes(line), "", use_float=True, multiple_values=True))
         except ijson.JSONError as exc:
             raise SnapshotError(f"{where} is not valid JSON: {exc}") from None
         if len(values) != 1 or not isinstance(values[0], dict):
@@ -302,10 +281,9 @@ class SnapshotReader:
         return name, offset, version
 
 
-def _depth(line: bytes) -> int:
-    """Deepest nesting of a JSON text, brackets inside strings ignored. Only C-speed steps: once
-    escapes are dropped, every other piece between quotes is outside the strings."""
-    if b"\\" in line:
-        line = _ESCAPE.sub(b"", line)
-    outside = b"".join(line.split(b'"')[::2]).translate(None, _NOT_BRACKET)
-    return max(accumulate(map(_STEP.__getitem__, outside)), default=0)
+def _blank(line: bytes | memoryview) -> bool:
+    """Whitespace only (JSON Lines readers skip such lines). A record shows within its first
+    bytes that it is not, so the whole line is looked at only when those are blank."""
+    if not bytes(line[:16]).strip():
+        return not bytes(line).strip()
+    return False

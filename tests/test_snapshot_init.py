@@ -170,11 +170,11 @@ def test_content_index_mapping_stores_payload_without_indexing_it(
     assert settings.get("auto_expand_replicas") == "0-1"
 
 
-def test_payload_that_is_not_json_fails_the_load_at_the_node(
+def test_payload_that_is_not_json_fails_the_load(
     loaded: tuple[Runtime, Path], feed_server: FeedServer, os_client: OpenSearch, tmp_path: Path
 ) -> None:
-    """A canonical line whose payload bytes are broken passes the splice, and the node refuses
-    it: the load fails as a whole and nothing changes."""
+    """A canonical line whose payload bytes are broken: the reader validates every line, so
+    the load fails as a whole, naming the line, and nothing changes."""
     import zipfile
 
     rt, temp = loaded
@@ -189,5 +189,5 @@ def test_payload_that_is_not_json_fails_the_load_at_the_node(
         zf.writestr("vd_1.0.0_vd_4.8.0_9_1.json", good + bad)
     result = rt.feed_sync(FEED).import_archive(archive)
     assert result.outcome == "failed"
-    assert "CVE-9" in (result.error or "") and "400" in (result.error or "")
-    assert_untouched(rt, os_client, temp, before, "rejected")
+    assert "line 9 is not valid JSON" in (result.error or ""), result.error
+    assert_untouched(rt, os_client, temp, before, "line 9")
