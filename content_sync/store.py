@@ -319,6 +319,9 @@ class Store:
                     )
                     return got
                 except opensearchpy.ConflictError:
+                    now: dict[str, Any] = self.client.get(index=self.state_index, id=state_id)
+                    if now["_source"] == doc:  # an earlier try landed; only its answer was lost
+                        return now
                     raise LeaseLostError(
                         f"state {state_id} was written by another process "
                         f"(another content-sync holds this feed); stopping"
@@ -601,4 +604,7 @@ class Store:
 
 
 def _json_str(value: str) -> bytes:
-    return json.dumps(value, ensure_ascii=False).encode("utf-8")
+    try:
+        return orjson.dumps(value)
+    except orjson.JSONEncodeError:  # a lone surrogate (from a \\ud800 escape): escaped as is
+        return json.dumps(value).encode()
