@@ -18,11 +18,12 @@ from pathlib import Path
 
 from content_sync import failpoints
 from content_sync.errors import ContentSyncError, SnapshotError, Stopped
+from content_sync.feed import remove_stale_downloads
 from content_sync.settings import SyncSettings
 from content_sync.snapshot import SnapshotReader
 from content_sync.store import BulkOp, BulkStats, Store
 
-__all__ = ["LoadResult", "load_archive"]
+__all__ = ["LoadResult", "load_archive", "remove_leftovers"]
 
 log = logging.getLogger(__name__)
 PROGRESS_EVERY = 5000  # documents between progress callbacks
@@ -42,6 +43,13 @@ def remove_orphans(store: Store, alias: str) -> None:
     for orphan in store.orphan_indices(alias):
         log.warning("removing %s, an index of %s left by an interrupted load", orphan, alias)
         store.delete_index(orphan)
+
+
+def remove_leftovers(store: Store, alias: str, temp_dir: Path | None) -> None:
+    """What a killed cycle may have left: half-built indices of `alias`, downloaded archives.
+    Call it holding the feed's lease: no live load of this alias is then in progress."""
+    remove_orphans(store, alias)
+    remove_stale_downloads(temp_dir)
 
 
 def load_archive(

@@ -92,7 +92,8 @@ class Service:
             if not self.runtime.stop.is_set():
                 sync = self.runtime.feed_sync(name)
                 sync.next_run = lambda result: self._next_run(name, result)
-                sync.run_cycle(resync=resync)
+                if sync.run_cycle(resync=resync).outcome == "skipped":
+                    self._when_free(name)
         except Exception:  # a bug must not kill the schedule; the next run tries again
             log.exception("feed %s: unexpected error in the cycle", name)
         finally:
@@ -121,6 +122,17 @@ class Service:
             self._failures.pop(name, None)
         when = job.next_run_time
         return when.astimezone(UTC).isoformat(timespec="seconds") if when else None
+
+    def _when_free(self, name: str) -> None:
+        """Another writer held the feed (perhaps one that died: a SIGKILL leaves its lease until
+        it expires): come back once that lease can have expired, not a whole interval later."""
+        job = self.scheduler.get_job(f"feed-{name}")
+        soon = datetime.now(UTC) + timedelta(seconds=self.settings.sync.lease_ttl + 1)
+        if job is None or self.runtime.stop.is_set():
+            return
+        if job.next_run_time is None or soon < job.next_run_time:
+            job.modify(next_run_time=soon)
+            log.info("feed %s: held by another writer; trying again at %s", name, soon)
 
     def trigger(self, name: str, resync: bool) -> TriggerResult:
         """Run a feed's cycle now (the on-demand trigger)."""

@@ -81,7 +81,10 @@ def _default_keep_dir() -> Path:
 
 
 def _temp_copy_name(temp_dir: Path | None) -> str:
-    fd, name = tempfile.mkstemp(prefix="content-sync-kept-", suffix=".zip", dir=temp_dir)
+    # Named like a download (with our pid), so a crash's leftover is removed like one.
+    fd, name = tempfile.mkstemp(
+        prefix=f"content-sync-{os.getpid()}-kept-", suffix=".zip", dir=temp_dir
+    )
     os.close(fd)
     return name
 

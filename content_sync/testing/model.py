@@ -499,7 +499,13 @@ class FeedModel:
         target = None
         for _ in range(400):
             idx = self._pick(rng, recent, cve_only=True)
-            if idx is not None and _is_full_cve(self._head_doc(idx)):
+            if idx is None:
+                continue
+            doc = self._head_doc(idx)
+            # The showcase patches affected[0].versions: some records have none there.
+            if _is_full_cve(doc) and isinstance(
+                doc["containers"]["cna"]["affected"][0].get("versions"), list
+            ):
                 target = idx
                 break
         victim = self._pick(rng, recent, cve_only=True)
