@@ -36,6 +36,7 @@ from bench.common import (
     write_settings,
 )
 from content_sync.feed import FeedClient, iter_windows
+from content_sync.lazydoc import decoded
 from content_sync.retry import RetryPolicy
 from content_sync.runtime import Runtime
 from content_sync.settings import CTISettings, load_settings
@@ -64,7 +65,7 @@ def run_baseline(
                 except NotFoundError:
                     current = None
                 if change.type == "create":
-                    document = change.payload
+                    document = decoded(change.payload)  # the client leaves it raw JSON
                 else:
                     assert current is not None, f"update of missing {change.resource}"
                     document = jsonpatch.apply_patch(current["document"], change.operations or [])
