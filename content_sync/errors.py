@@ -20,6 +20,8 @@ ContentSyncError
 
 from __future__ import annotations
 
+import ssl
+
 __all__ = [
     "BadFeedAnswer",
     "ContentSyncError",
@@ -37,6 +39,7 @@ __all__ = [
     "StoreError",
     "StoreUnavailable",
     "TransientError",
+    "certificate_failure",
 ]
 
 
@@ -112,3 +115,16 @@ class LeaseLostError(ContentSyncError):
 
 class Stopped(ContentSyncError):
     """The service is shutting down: work stopped at a safe point (nothing half-recorded)."""
+
+
+def certificate_failure(exc: BaseException) -> str | None:
+    """The reason, when `exc` (or what caused it) is a failed TLS certificate verification: a
+    wrong or missing CA does not fix itself, so it is reported at once instead of retried."""
+    seen: BaseException | None = exc
+    for _ in range(10):  # httpx -> httpcore -> ssl: a short chain
+        if seen is None:
+            return None
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return str(seen)
+        seen = seen.__cause__ or seen.__context__
+    return None

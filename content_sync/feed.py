@@ -22,7 +22,14 @@ import msgspec
 import orjson
 
 from content_sync import __version__, failpoints
-from content_sync.errors import BadFeedAnswer, DisallowedHost, FeedUnavailable, SnapshotError
+from content_sync.errors import (
+    BadFeedAnswer,
+    DisallowedHost,
+    FeedError,
+    FeedUnavailable,
+    SnapshotError,
+    certificate_failure,
+)
 from content_sync.retry import RetryPolicy, parse_retry_after
 from content_sync.settings import MAX_WINDOW, CTISettings, tls_verify
 
@@ -128,6 +135,11 @@ class FeedClient:
             except httpx.TimeoutException as exc:
                 raise FeedUnavailable(f"feed timed out: {url}", cause="feed-timeout") from exc
             except httpx.TransportError as exc:
+                if reason := certificate_failure(exc):
+                    raise FeedError(
+                        f"feed {url}: TLS certificate not trusted ({reason}); a private CA goes "
+                        "in cti.ca_certs"
+                    ) from None
                 raise FeedUnavailable(
                     f"feed unreachable: {url}: {exc}", cause="feed-connection"
                 ) from exc
@@ -286,6 +298,11 @@ class FeedClient:
             ) from exc
         except httpx.TransportError as exc:
             out.flush()
+            if reason := certificate_failure(exc):
+                raise FeedError(
+                    f"snapshot {link}: TLS certificate not trusted ({reason}); a private CA goes "
+                    "in cti.ca_certs"
+                ) from None
             raise FeedUnavailable(
                 f"snapshot download interrupted at {have} bytes: {exc}", cause="feed-connection"
             ) from exc

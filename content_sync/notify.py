@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from content_sync.errors import NotifyError, NotifyUnavailable
+from content_sync.errors import NotifyError, NotifyUnavailable, certificate_failure
 from content_sync.feed import user_agent
 from content_sync.retry import RetryPolicy
 from content_sync.settings import CommandManagerSettings, tls_verify
@@ -89,6 +89,11 @@ class Notifier:
             try:
                 response = self._http.post(url, json=body)
             except httpx.TransportError as exc:
+                if reason := certificate_failure(exc):
+                    raise NotifyError(
+                        f"Command Manager {url}: TLS certificate not trusted ({reason}); a "
+                        "private CA goes in command_manager.ca_certs"
+                    ) from None
                 raise NotifyUnavailable(
                     f"Command Manager unreachable at {url}: {exc}", cause="notify-connection"
                 ) from exc

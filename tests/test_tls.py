@@ -310,6 +310,8 @@ def test_verification_without_the_ca_fails_naming_the_certificate(
     # The feed without the CA: the cycle fails, and says why in the state too.
     done = cli("sync", "--config", str(config("cti", cti={"verify_certs": True})))
     assert done.returncode == 1 and "certificate verify failed" in done.stderr
+    # A CA that is wrong stays wrong: reported at once, with the setting to fix, not retried.
+    assert "cti.ca_certs" in done.stderr and "; retry 1 in" not in done.stderr, done.stderr
     assert tls_feed.requests == []  # not one request got through
     state = os_client.get(index=f"{prefix}-state", id=STATE_ID)["_source"]
     assert state["status"] == "failed" and state["local_offset"] == 0
@@ -321,6 +323,7 @@ def test_verification_without_the_ca_fails_naming_the_certificate(
     assert done.returncode == 0, done.stderr
     assert "notification kept for a later cycle" in done.stderr
     assert "CERTIFICATE_VERIFY_FAILED" in done.stderr
+    assert "command_manager.ca_certs" in done.stderr and "; retry 1 in" not in done.stderr
     assert tls_feed.commands == [] and tls_feed.requests_of("command") == []
     state = os_client.get(index=f"{prefix}-state", id=STATE_ID)["_source"]
     assert state["pending_command"] == model.head_offset
