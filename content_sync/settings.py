@@ -124,6 +124,12 @@ def _no_credentials(url: str, key: str) -> None:
         raise ValueError(f"credentials do not belong in the URL ({shown}); {key}")
 
 
+def _one_password(value: SecretStr | None, path: Path | None) -> None:
+    # Which of the two would win is a guess an operator should not have to make.
+    if value is not None and path is not None:
+        raise ValueError("password and password_file are both set: give one of them")
+
+
 def _read_secret(value: SecretStr | None, path: Path | None, key: str) -> str | None:
     if value is not None:
         return value.get_secret_value()
@@ -249,6 +255,11 @@ class OpenSearchSettings(_Section):
             _no_credentials(host, "give opensearch.username and password / password_file")
         return value
 
+    @model_validator(mode="after")
+    def _password(self) -> OpenSearchSettings:
+        _one_password(self.password, self.password_file)
+        return self
+
     def password_value(self) -> str | None:
         return _read_secret(self.password, self.password_file, "opensearch.password")
 
@@ -276,6 +287,11 @@ class CommandManagerSettings(_Section):
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"{value!r} is not an http(s) URL")
         return value
+
+    @model_validator(mode="after")
+    def _password(self) -> CommandManagerSettings:
+        _one_password(self.password, self.password_file)
+        return self
 
     def password_value(self) -> str | None:
         return _read_secret(self.password, self.password_file, "command_manager.password")

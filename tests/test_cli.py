@@ -123,6 +123,11 @@ def test_check_reachable_and_unreachable(
         ("opensearch", {"hots": ["x"]}, "opensearch.hots: unknown key"),
         ("opensearch", {"verify_certs": "perhaps"}, "opensearch.verify_certs"),
         ("logging", {"level": "LOUD"}, "logging.level"),
+        (
+            "command_manager",
+            {"password": "x", "password_file": "/run/credentials/cm"},
+            "command_manager: password and password_file are both set",
+        ),
     ],
 )
 def test_bad_settings_exit_2_naming_the_key(
