@@ -30,6 +30,7 @@ from content_sync.errors import (
     SnapshotError,
     certificate_failure,
 )
+from content_sync.lazydoc import is_raw_object
 from content_sync.retry import RetryPolicy, parse_retry_after
 from content_sync.settings import MAX_WINDOW, CTISettings, tls_verify
 
@@ -404,7 +405,7 @@ def _parse_change(item: object, context: str, where: str) -> Change:
         raise BadFeedAnswer(f"{where}: change {offset} has version {version!r}")
     if kind == "create":
         payload = item.get("payload")
-        if not (isinstance(payload, dict) or _is_raw_object(payload)):
+        if not (isinstance(payload, dict) or is_raw_object(payload)):
             raise BadFeedAnswer(f"{where}: create {offset} ({resource}) has no payload object")
         return Change(offset, "create", resource, version, payload=payload)
     if kind == "update":
@@ -456,10 +457,6 @@ def _decode_changes(body: bytes) -> Any:
             del values["payload"]
         items.append(values)
     return {"data": items}
-
-
-def _is_raw_object(value: object) -> bool:
-    return isinstance(value, msgspec.Raw) and memoryview(value)[:1].tobytes() == b"{"
 
 
 def iter_windows(start: int, end: int, size: int) -> Iterator[tuple[int, int]]:

@@ -20,7 +20,7 @@ import jsonpointer
 import msgspec
 import orjson
 
-__all__ = ["Raw", "apply_patch", "decoded", "fragment"]
+__all__ = ["Raw", "apply_patch", "decoded", "fragment", "is_raw_object"]
 
 Raw = msgspec.Raw
 _OBJECT = msgspec.json.Decoder(dict[str, msgspec.Raw])
@@ -36,6 +36,11 @@ def _open(raw: msgspec.Raw) -> Any:
     if first == b"[":
         return _ARRAY.decode(raw)
     return _ANY.decode(raw)
+
+
+def is_raw_object(value: object) -> bool:
+    """True for raw JSON text of an object (a record as the feed or the snapshot sent it)."""
+    return isinstance(value, msgspec.Raw) and memoryview(value)[:1].tobytes() == b"{"
 
 
 def decoded(value: Any) -> Any:

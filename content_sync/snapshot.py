@@ -24,7 +24,7 @@ import msgspec
 import orjson
 
 from content_sync.errors import SnapshotError
-from content_sync.lazydoc import decoded, fragment
+from content_sync.lazydoc import decoded, fragment, is_raw_object
 from content_sync.zipstream import inflate_member
 
 __all__ = ["Resource", "SnapshotReader", "content_source", "offset_from_member_name"]
@@ -242,7 +242,7 @@ class SnapshotReader:
             raise SnapshotError(f"{where} is nested too deeply (1000 levels or more)") from None
         except msgspec.MsgspecError:
             return None
-        if memoryview(item.payload)[:1].tobytes() != b"{":
+        if not is_raw_object(item.payload):
             return None
         meta: dict[str, Any] = {"offset": item.offset, "version": item.version}
         for key in ("name", "resource"):
