@@ -171,6 +171,32 @@ class Plan:
         )
 
 
+@dataclass(frozen=True)
+class _Prefetched:
+    """A window read ahead: its changes, and the stored documents of those it only updates."""
+
+    high: int
+    changes: list[Change]
+    need: list[str]
+    stored: dict[str, dict[str, Any]]
+
+
+def _overlaid(
+    window: _Prefetched, recent: list[dict[str, dict[str, Any] | None]]
+) -> dict[str, dict[str, Any]]:
+    """The window's stored documents as the two windows before it left them (newest wins)."""
+    stored = window.stored
+    for name in window.need:
+        for final in reversed(recent):
+            if name in final:
+                if (doc := final[name]) is None:
+                    stored.pop(name, None)
+                else:
+                    stored[name] = doc
+                break
+    return stored
+
+
 class FeedSync:
     """Synchronises one configured feed. One instance per feed; not re-entrant."""
 
@@ -531,26 +557,33 @@ class FeedSync:
         return index
 
     def _walk_windows(self, index: str, state: FeedState, remote: int, result: CycleResult) -> None:
-        """Apply the windows up to `remote` in order, pipelined: while window N is written and
-        recorded in the background, window N+1 is fetched, read and patched in the foreground, so
-        the node and this process work at the same time.
+        """Apply the windows up to `remote` in order, pipelined on three threads so that the node
+        and this process work at the same time:
 
-        N+1's multi-get cannot see N's write yet, so the documents N wrote come from memory; N-1
-        was written and recorded before N+1 reads. One write is in flight at most, and windows
-        are recorded strictly in order: what the state records has always been written.
+            prefetch:   fetch window N+1 from the feed, multi-get the documents it updates
+            foreground: patch window N in memory, build its bulk body
+            writer:     write window N-1, then record local_offset = its end
+
+        The multi-get of N+1 starts once N-2 is written and recorded, but N-1 may be in flight
+        and N is not computed yet: what those two leave is taken from memory (their results)
+        instead, whatever the multi-get saw. One write is in flight at most, and windows are
+        recorded strictly in order: what the state records has always been written.
         """
         feed = self.feed
         sync = self.settings.sync
 
-        def fetch(low: int, high: int) -> list[Change]:
+        def prefetch(low: int, high: int, skip: frozenset[str]) -> _Prefetched:
             with feed_context(feed.name):
-                return self.client.changes(
+                changes = self.client.changes(
                     feed.context, feed.consumer, low, high, with_empties=sync.with_empties
                 )
+                need = needs_stored(changes)
+                stored = self.store.mget(index, [n for n in need if n not in skip])
+            return _Prefetched(high, changes, need, stored)
 
         spans = iter_windows(state.local_offset, remote, sync.batch_size)
         with self._refresh_slowed(index, remote - state.local_offset > sync.batch_size):
-            self._pipeline(index, state, spans, fetch, result)
+            self._pipeline(index, state, spans, prefetch, result)
 
     @contextlib.contextmanager
     def _refresh_slowed(self, index: str, slow: bool) -> Iterator[None]:
@@ -585,44 +618,41 @@ class FeedSync:
         index: str,
         state: FeedState,
         spans: Iterator[tuple[int, int]],
-        fetch: Callable[[int, int], list[Change]],
+        prefetch: Callable[[int, int, frozenset[str]], _Prefetched],
         result: CycleResult,
     ) -> None:
         feed = self.feed
-        # One thread reads the feed, one writes: window N+1 is fetched while N is patched, and
-        # one answer at most is being read (its size is bounded by cti.max_answer_bytes).
+        # One answer at most is being read ahead (its size is bounded by cti.max_answer_bytes).
         reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"fetch-{feed.name}")
         writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"write-{feed.name}")
+        writing: Future[None] | None = None
+        # The final documents of the last two windows, oldest first: when a window's multi-get
+        # ran, the first was being written and the second not computed yet.
+        recent: list[dict[str, dict[str, Any] | None]] = [{}, {}]
 
-        def ahead() -> tuple[int, Future[list[Change]]] | None:
+        def ahead() -> Future[_Prefetched] | None:
+            # Called once every write but the one in flight (recent[1]'s) is recorded.
             span = next(spans, None)
-            return None if span is None else (span[1], reader.submit(fetch, *span))
+            return None if span is None else reader.submit(prefetch, *span, frozenset(recent[1]))
 
         coming = ahead()
-        writing: Future[None] | None = None
-        written: dict[str, dict[str, Any] | None] = {}  # what the write in flight holds
         try:
             while coming is not None:
                 self._check_stop()
-                high, fetched = coming
-                changes = fetched.result()
+                window_in = coming.result()
                 coming = ahead()
-                need = needs_stored(changes)
-                stored = self.store.mget(index, [n for n in need if n not in written])
-                for name in need:
-                    if (doc := written.get(name)) is not None:
-                        stored[name] = doc
-                window = apply_window(changes, stored)
+                window = apply_window(window_in.changes, _overlaid(window_in, recent))
                 ops = _bulk_ops(window)
                 if writing is not None:
                     writing.result()  # N-1 recorded before N is written
+                high = window_in.high
                 writing = writer.submit(self._write_window, index, ops, window, state, high, result)
-                written = window.final
+                recent = [recent[1], window.final]
             if writing is not None:
                 writing.result()
         except BaseException:
             # The write in flight must land (or fail) before the caller records or re-initialises
-            # anything; a prefetch still running is abandoned (it only reads the feed).
+            # anything; a prefetch still running is abandoned (it only reads).
             if writing is not None and not writing.cancel():
                 exc = writing.exception()
                 if exc is not None:

@@ -137,6 +137,23 @@ def test_catch_up_over_later_cycles_without_snapshot(
     ]
 
 
+@pytest.mark.parametrize("batch", [1, 3])
+def test_tiny_windows_read_what_the_windows_in_flight_wrote(
+    feed_server: FeedServer, os_client: OpenSearch, runtime_factory: Any, batch: int
+) -> None:
+    """Each window's multi-get runs while the window before is written and the one before
+    that is being patched: a resource touched in consecutive windows (a third of the model's
+    changes pick a recently touched one) must come from memory, in the right order."""
+    model = feed_server.model
+    rt = runtime_factory(sync={"batch_size": batch})
+    sync = rt.feed_sync(FEED)
+    sync.run_cycle()
+    head = model.append_changes(400, seed=batch)
+    result = sync.run_cycle()
+    assert result.outcome == "ok" and result.snapshots == [] and result.after == head
+    assert_matches_truth(os_client, rt.settings.feed(FEED).index, model, head)
+
+
 def test_long_catch_up_refreshes_rarely_then_once_at_the_end(
     feed_server: FeedServer, os_client: OpenSearch, runtime_factory: Any
 ) -> None:
