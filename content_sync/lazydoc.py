@@ -3,11 +3,14 @@
 A window multi-gets ~1000 CVE records of ~12 KB and patches a few paths in each. Decoding every
 record into Python objects and encoding it again was most of this process's time, yet almost
 all of each record only passes through. So documents arrive as `msgspec.Raw` (the JSON text,
-undecoded), and before each patch operation the containers on its paths are opened one level at
-a time: an object becomes a dict of raw values, an array a list of raw values. What no
-operation reaches stays raw, and the encoder splices it back verbatim (numbers keep their exact
-text). The patch itself is still applied by `jsonpatch`, operation by operation, on the opened
-tree; a value compared by `test` is decoded whole.
+undecoded). A record's first three levels are opened in one pass (patches of CVE records run
+through `containers/cna/...`; opening level by level re-read those bytes once per level), and
+below them, before each patch operation, the containers on its paths are opened one level at a
+time: an object becomes a dict of raw values, an array a list of raw values. What no operation
+reaches stays raw, and the encoder splices it back verbatim (numbers below the first three
+levels keep their exact text; above, the same value may be written differently, 1.50 as 1.5).
+The patch itself is still applied by `jsonpatch`, operation by operation, on the opened tree; a
+value compared by `test` is decoded whole.
 """
 
 from __future__ import annotations
@@ -23,19 +26,21 @@ import orjson
 __all__ = ["Raw", "apply_patch", "decoded", "fragment", "is_raw_object"]
 
 Raw = msgspec.Raw
-_OBJECT = msgspec.json.Decoder(dict[str, msgspec.Raw])
-_ARRAY = msgspec.json.Decoder(list[msgspec.Raw])
+_CONTAINER = msgspec.json.Decoder(dict[str, msgspec.Raw] | list[msgspec.Raw])
 _ANY = msgspec.json.Decoder()
+# A record's first three levels, in one pass: objects and arrays with raw members below.
+_Scalar = str | int | float | bool | None
+_Level3 = dict[str, msgspec.Raw] | list[msgspec.Raw] | _Scalar
+_Level2 = dict[str, _Level3] | list[_Level3] | _Scalar
+_RECORD = msgspec.json.Decoder(dict[str, _Level2])
 
 
 def _open(raw: msgspec.Raw) -> Any:
     """One level of a raw value: an object or array with raw members, else the scalar."""
-    first = memoryview(raw)[:1].tobytes()
-    if first == b"{":
-        return _OBJECT.decode(raw)
-    if first == b"[":
-        return _ARRAY.decode(raw)
-    return _ANY.decode(raw)
+    try:
+        return _CONTAINER.decode(raw)
+    except msgspec.ValidationError:  # a scalar (opened only where a path runs through one)
+        return _ANY.decode(raw)
 
 
 def is_raw_object(value: object) -> bool:
@@ -63,19 +68,11 @@ def fragment(value: Any) -> orjson.Fragment:
     raise TypeError(f"cannot encode {type(value).__name__}")
 
 
-def _tokens(pointer: str) -> list[str]:
-    if not pointer:
-        return []
-    if not pointer.startswith("/"):
-        return []  # jsonpatch refuses it with its own error
-    return [t.replace("~1", "/").replace("~0", "~") for t in pointer[1:].split("/")]
-
-
-def _prepare(root: Any, pointer: str, *, whole: bool) -> None:
-    """Open every container on `pointer`'s way (and the target itself when `whole`). Where the
-    path does not exist, stop: jsonpatch then reports it as it would for any document."""
+def _prepare(root: Any, tokens: list[str], *, whole: bool) -> None:
+    """Open every container on the way of the pointer whose parts are `tokens` (and the target
+    itself when `whole`). Where the path does not exist, stop: jsonpatch then reports it as it
+    would for any document."""
     node = root
-    tokens = _tokens(pointer)
     for i, token in enumerate(tokens):
         key: Any
         if isinstance(node, dict):
@@ -102,25 +99,45 @@ def _prepare(root: Any, pointer: str, *, whole: bool) -> None:
         decoded(root)
 
 
+_OPERATIONS = jsonpatch.JsonPatch.operations
+
+
+def _operation(operation: object) -> jsonpatch.PatchOperation:
+    """jsonpatch's object for one operation, its path parsed once. (JsonPatch builds each of its
+    operations twice, to validate then to apply, and the path parse is most of that.)"""
+    if not isinstance(operation, dict):
+        raise jsonpatch.InvalidJsonPatch(f"operation {operation!r} is not an object")
+    op = operation.get("op")
+    kind = _OPERATIONS.get(op) if isinstance(op, str) else None
+    if kind is None:
+        raise jsonpatch.InvalidJsonPatch(f"operation {operation!r}: unknown or missing 'op'")
+    built: jsonpatch.PatchOperation = kind(operation)
+    return built
+
+
+def _parts(pointer: str) -> list[str]:
+    parts: list[str] = jsonpointer.JsonPointer(pointer).parts
+    return parts
+
+
 def apply_patch(document: Any, operations: Sequence[dict[str, Any]]) -> Any:
     """Apply RFC 6902 operations to a document that may be (partly) raw; returns the result,
     patched in place where possible. Errors are jsonpatch's, as for a decoded document."""
     if isinstance(document, msgspec.Raw):
-        document = _open(document)
+        try:
+            document = _RECORD.decode(document)
+        except msgspec.ValidationError:  # not an object, or a number no float holds (1e400)
+            document = _open(document)
     for operation in operations:
-        if not isinstance(operation, dict):
-            raise jsonpatch.InvalidJsonPatch(f"operation {operation!r} is not an object")
-        op = operation.get("op")
-        path = operation.get("path")
-        source = operation.get("from")
-        if _splits(op, source, path):
-            document = _move(document, str(source), str(path))
+        built = _operation(operation)
+        op, source = operation["op"], operation.get("from")
+        if _splits(op, source, operation["path"]):
+            document = _move(document, _parts(str(source)), built.pointer.parts)
             continue
-        if isinstance(path, str):
-            _prepare(document, path, whole=op == "test")
+        _prepare(document, built.pointer.parts, whole=op == "test")
         if op in ("move", "copy") and isinstance(source, str):
-            _prepare(document, source, whole=False)  # a copied raw value stays raw: immutable
-        document = jsonpatch.JsonPatch([operation]).apply(document, in_place=True)
+            _prepare(document, _parts(source), whole=False)  # a copied raw value stays raw
+        document = built.apply(document)
     return document
 
 
@@ -132,15 +149,14 @@ def _splits(op: object, source: object, path: object) -> bool:
     return source != path and not path.startswith(source + "/")
 
 
-def _move(document: Any, source: str, path: str) -> Any:
+def _move(document: Any, source: list[str], path: list[str]) -> Any:
     """RFC 6902's move: a remove, then an add at `path` in the document the remove left. Done as
     two steps so that `path` is opened after the remove: when it runs through the array the value
     leaves, its indices shift, and opening it beforehand opens the wrong element."""
     _prepare(document, source, whole=False)
-    value = jsonpointer.resolve_pointer(document, source)
-    document = jsonpatch.JsonPatch([{"op": "remove", "path": source}]).apply(
-        document, in_place=True
-    )
+    taken = jsonpointer.JsonPointer.from_parts(source)
+    value = taken.resolve(document)
+    document = jsonpatch.RemoveOperation({"op": "remove", "path": taken}).apply(document)
     _prepare(document, path, whole=False)
-    add = {"op": "add", "path": path, "value": value}
-    return jsonpatch.JsonPatch([add]).apply(document, in_place=True)
+    placed = jsonpointer.JsonPointer.from_parts(path)
+    return jsonpatch.AddOperation({"op": "add", "path": placed, "value": value}).apply(document)

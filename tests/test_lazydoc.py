@@ -73,10 +73,23 @@ def test_same_result_as_jsonpatch_on_the_decoded_document(ops: list[dict[str, An
 
 
 def test_what_no_operation_reaches_is_spliced_back_verbatim() -> None:
-    text = b'{"a": {"n": 1.50, "big": 123456789012345678901234567890}, "b": [1e2]}'
-    patched = apply_patch(msgspec.Raw(text), [{"op": "add", "path": "/c", "value": 1}])
+    # The first three levels are opened at once (one pass); below them, text is kept as it is.
+    text = (
+        b'{"a": {"b": {"c": {"n": 1.50, "big": 123456789012345678901234567890}}}, "d": [[[1e2]]]}'
+    )
+    patched = apply_patch(msgspec.Raw(text), [{"op": "add", "path": "/e", "value": 1}])
     out = orjson.dumps(patched, default=fragment)
-    assert out == b'{"a":{"n": 1.50, "big": 123456789012345678901234567890},"b":[1e2],"c":1}'
+    assert out == (
+        b'{"a":{"b":{"c":{"n": 1.50, "big": 123456789012345678901234567890}}},"d":[[[1e2]]],"e":1}'
+    )
+
+
+def test_a_number_out_of_range_near_the_top_still_patches() -> None:
+    # 1e400 is valid JSON that no float holds: the one-pass opening of the first levels refuses
+    # it, and the record is opened one level at a time instead, the number left as text.
+    text = b'{"a": {"n": 1e400}, "b": [1]}'
+    patched = apply_patch(msgspec.Raw(text), [{"op": "replace", "path": "/b/0", "value": 2}])
+    assert orjson.dumps(patched, default=fragment) == b'{"a":{"n": 1e400},"b":[2]}'
 
 
 def test_a_copy_is_independent_of_its_source() -> None:
@@ -115,5 +128,15 @@ def test_operations_that_do_not_apply_fail_as_on_a_decoded_document(
 
 def test_decoded_leaves_nothing_raw() -> None:
     opened = apply_patch(raw(DOC), [{"op": "add", "path": "/x", "value": 1}])
-    assert any(isinstance(v, msgspec.Raw) for v in opened.values())
+    assert _has_raw(opened)
     assert decoded(opened) == {**DOC, "x": 1}
+
+
+def _has_raw(value: Any) -> bool:
+    if isinstance(value, msgspec.Raw):
+        return True
+    if isinstance(value, dict):
+        return any(_has_raw(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_raw(v) for v in value)
+    return False
