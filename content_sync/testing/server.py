@@ -17,12 +17,15 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar, overload
 from urllib.parse import parse_qs, unquote, urlsplit
+
+import orjson
 
 from content_sync.testing.model import FeedModel
 
@@ -140,6 +143,8 @@ class FeedServer:
         self.commands: list[dict[str, Any]] = []
         self.command_auth: tuple[str, str] | None = None
         self.range_support = True
+        # Changes answers rendered ahead of time (prerender): (model, head, from, to, empties).
+        self._rendered: dict[tuple[int, int, int, int, bool], bytes] = {}
         self._want_port = port
         self._faults: list[_Fault] = []
         self._lock = threading.Lock()
@@ -148,6 +153,24 @@ class FeedServer:
         self._bind()
 
     # ------------------------------------------------------------------ lifecycle
+
+    def prerender(self, spans: Iterable[tuple[int, int]], *, with_empties: bool = True) -> None:
+        """Render the changes answers of `spans` now, so that serving them costs (nearly) no CPU.
+
+        For benchmarks: a real feed's CPU is on other machines, while this stand-in shares the
+        product's cores (rendering a window of 1000 changes with 100 generated 12 KB payloads
+        takes ~50 ms). The answers are the same bytes; they are dropped when the feed moves."""
+        model = self.model
+        for lo, hi in spans:
+            key = (id(model), model.head_offset, lo, hi, with_empties)
+            self._rendered[key] = orjson.dumps(
+                {"data": model.changes(lo, hi, with_empties=with_empties)}
+            )
+
+    def rendered(self, model: FeedModel, lo: int, hi: int, with_empties: bool) -> bytes | None:
+        if not self._rendered:
+            return None
+        return self._rendered.get((id(model), model.head_offset, lo, hi, with_empties))
 
     def _bind(self) -> _HTTPServer:
         if self._httpd is None:
@@ -430,7 +453,12 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     def _json(self, status: int, obj: Any, headers: dict[str, str] | None = None) -> None:
-        body = json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
+        try:
+            # orjson: a 1000-change answer costs ~3 ms instead of ~20, which matters when this
+            # stand-in shares the machine's cores with the product and the node (benchmarks).
+            body = orjson.dumps(obj)
+        except TypeError:  # what orjson cannot represent (e.g. integers beyond 64 bits)
+            body = json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
         self._send(status, body, headers=headers)
 
     def _drop(self, *, reset: bool = False) -> None:
@@ -579,6 +607,10 @@ class _Handler(BaseHTTPRequestHandler):
                 422,
                 {"errors": {"to_offset": [f"range exceeds maximum of {feed.page_limit} changes"]}},
             )
+            return
+        body = feed.rendered(model, lo, hi, empties == "true")
+        if body is not None:
+            self._send(200, body)
             return
         self._json(200, {"data": model.changes(lo, hi, with_empties=empties == "true")})
 
