@@ -16,7 +16,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
@@ -518,7 +518,9 @@ class Store:
             pending: set[Future[None]] = set()
             for chunk in chunks:
                 while len(pending) >= 2 * concurrency:
-                    done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                    # FIRST_COMPLETED: with FIRST_EXCEPTION, wait() returns only once *all* are
+                    # done, and the node idles while the next chunks are built.
+                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
                     for f in done:
                         f.result()
                 pending.add(pool.submit(self._send, chunk, stats))

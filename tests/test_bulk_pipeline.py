@@ -1,0 +1,46 @@
+"""The bulk writer keeps `concurrency` requests in flight: a slow request never drains the rest.
+
+No node is needed: the request itself is replaced, only the scheduling is under test."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from opensearchpy import OpenSearch
+
+from content_sync.retry import RetryPolicy
+from content_sync.settings import OpenSearchSettings
+from content_sync.store import BulkOp, Store
+
+
+def test_a_slow_request_does_not_stop_the_others() -> None:
+    store = Store(
+        OpenSearch(["http://127.0.0.1:9"]),
+        OpenSearchSettings(hosts=["http://127.0.0.1:9"], bulk_docs=1),
+        RetryPolicy(),
+    )
+    slow = threading.Event()  # the first request hangs until the test ends
+    sent: list[bytes] = []
+    lock = threading.Lock()
+
+    def send(chunk: list[tuple[bytes, bytes | None]], stats: Any) -> None:
+        with lock:
+            sent.append(chunk[0][1] or b"")
+            first = len(sent) == 1
+        if first:
+            assert slow.wait(10), "the first request was never released"
+
+    store._send = send  # type: ignore[method-assign]
+    ops: list[BulkOp] = [("index", f"d{i}", b'{"n":%d}' % i, 1) for i in range(20)]
+    writer = threading.Thread(target=store.write, args=("i", ops), kwargs={"concurrency": 2})
+    writer.start()
+    # With one request stuck, the other slot must still carry every other chunk.
+    deadline = time.monotonic() + 5
+    while len(sent) < 20 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    count = len(sent)
+    slow.set()
+    writer.join(10)
+    assert count == 20, f"{count} of 20 chunks sent while one request was slow"
