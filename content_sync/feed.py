@@ -30,6 +30,7 @@ from content_sync.errors import (
     SnapshotError,
     certificate_failure,
 )
+from content_sync.growing import GrowingFile
 from content_sync.lazydoc import is_raw_object
 from content_sync.retry import RetryPolicy, parse_retry_after
 from content_sync.settings import MAX_WINDOW, CTISettings, tls_verify
@@ -226,10 +227,13 @@ class FeedClient:
         temp_dir: Path | None,
         max_bytes: int,
         progress: Callable[[int, int | None], None] | None = None,
+        growing: GrowingFile | None = None,
     ) -> Path:
         """Stream the archive to a private temp file; resume with Range after a dropped connection.
 
         The caller owns (and must delete) the returned file. On failure nothing is left behind.
+        With `growing`, every chunk is flushed and announced as it is written, so that another
+        thread can read the archive while it downloads.
         """
         parts = urlsplit(link)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -240,12 +244,20 @@ class FeedClient:
             prefix=f"content-sync-{os.getpid()}-", suffix=".zip", dir=temp_dir
         )
         path = Path(name)
+        if growing is not None:
+            growing.created(path)
         try:
             with os.fdopen(fd, "wb") as out:
-                self._retry.call(lambda: self._download_once(link, out, max_bytes, progress))
+                self._retry.call(
+                    lambda: self._download_once(link, out, max_bytes, progress, growing)
+                )
         except BaseException:
+            if growing is not None:
+                growing.finish(failed=True)
             path.unlink(missing_ok=True)
             raise
+        if growing is not None:
+            growing.finish(failed=False)
         return path
 
     def _download_once(
@@ -254,6 +266,7 @@ class FeedClient:
         out: Any,
         max_bytes: int,
         progress: Callable[[int, int | None], None] | None,
+        growing: GrowingFile | None,
     ) -> None:
         have = out.tell()
         headers = {"Accept": "application/zip, application/octet-stream"}
@@ -272,6 +285,8 @@ class FeedClient:
                     out.seek(0)
                     out.truncate()
                     have = 0
+                    if growing is not None:
+                        growing.restarted()
                 if total is not None and total > max_bytes:
                     raise SnapshotError(
                         f"snapshot {link} is {total} bytes, "
@@ -281,6 +296,9 @@ class FeedClient:
                     out.write(chunk)
                     failpoints.hit("download-chunk")
                     have += len(chunk)
+                    if growing is not None:
+                        out.flush()  # what a reader is told is there must be in the file
+                        growing.grew(have)
                     if have > max_bytes:
                         raise SnapshotError(
                             f"snapshot {link} exceeds sync.max_archive_bytes ({max_bytes})"

@@ -19,6 +19,7 @@ from pathlib import Path
 from content_sync import failpoints
 from content_sync.errors import ContentSyncError, SnapshotError, Stopped
 from content_sync.feed import remove_stale_downloads
+from content_sync.growing import GrowingFile
 from content_sync.settings import SyncSettings
 from content_sync.snapshot import SnapshotReader
 from content_sync.store import BulkOp, BulkStats, Store
@@ -62,7 +63,10 @@ def load_archive(
     concurrency: int,
     progress: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    growing: GrowingFile | None = None,
 ) -> LoadResult:
+    """Load `archive` into a new index behind `alias` and swap it in. With `growing`, `archive`
+    is still downloading: it is read as it arrives and verified once complete (see growing.py)."""
     started = time.monotonic()
     remove_orphans(store, alias)
     reader = SnapshotReader(
@@ -70,6 +74,7 @@ def load_archive(
         max_uncompressed_bytes=limits.max_uncompressed_bytes,
         max_line_bytes=limits.max_line_bytes,
         max_offset=snapshot_offset,
+        growing=growing,
     )
     index = store.create_content_index(alias, loading=True)
     try:

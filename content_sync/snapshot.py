@@ -24,8 +24,9 @@ import msgspec
 import orjson
 
 from content_sync.errors import SnapshotError
+from content_sync.growing import GrowingFile
 from content_sync.lazydoc import decoded, fragment, is_raw_object
-from content_sync.zipstream import inflate_member
+from content_sync.zipstream import StreamedMember, inflate_member
 
 __all__ = ["Resource", "SnapshotReader", "content_source", "offset_from_member_name"]
 
@@ -119,6 +120,8 @@ class SnapshotReader:
     max_uncompressed_bytes: int
     max_line_bytes: int
     max_offset: int | None = None
+    # Set: read the archive while it downloads (`path` is then the download's file).
+    growing: GrowingFile | None = None
     member_name: str = ""
     declared_size: int = 0
     lines: int = 0
@@ -135,18 +138,33 @@ class SnapshotReader:
             )
         info = infos[0]
         name = info.filename
-        if info.is_dir() or "/" in name or "\\" in name or name.startswith(".") or ".." in name:
+        self._check_name(name)
+        self._check_size(name, info.file_size)
+        return info
+
+    def _check_name(self, name: str) -> None:
+        if (
+            name.endswith("/")
+            or "/" in name
+            or "\\" in name
+            or name.startswith(".")
+            or ".." in name
+        ):
             raise SnapshotError(f"{self.path}: refusing member name {name!r}")
         if not name.endswith(".json"):
             raise SnapshotError(f"{self.path}: member {name!r} is not a .json file")
-        if info.file_size > self.max_uncompressed_bytes:
+
+    def _check_size(self, name: str, declared: int) -> None:
+        if declared > self.max_uncompressed_bytes:
             raise SnapshotError(
-                f"{self.path}: member {name!r} declares {info.file_size} bytes, over "
+                f"{self.path}: member {name!r} declares {declared} bytes, over "
                 f"sync.max_uncompressed_bytes ({self.max_uncompressed_bytes})"
             )
-        return info
 
     def __iter__(self) -> Iterator[Resource]:
+        if self.growing is not None:
+            yield from self._iter_growing(self.growing)
+            return
         try:
             archive = zipfile.ZipFile(self.path)
         except (zipfile.BadZipFile, OSError) as exc:
@@ -167,6 +185,38 @@ class SnapshotReader:
                 f"{self.path}: read {self.bytes_read} bytes of {info.filename!r}, "
                 f"its header declares {self.declared_size}"
             )
+        self.complete = True
+
+    def _iter_growing(self, growing: GrowingFile) -> Iterator[Resource]:
+        """The first member, read from the archive's start as it downloads; then, once the
+        download is complete, the central directory must agree with what was read (one member,
+        its name, sizes and CRC-32), or nothing read counts."""
+        source = growing.reader()
+        self.path = source.path
+        member = StreamedMember(source)
+        try:
+            member.open()
+            self._check_name(member.name)
+            self._check_size(member.name, member.declared_size)
+            self.member_name = member.name
+            try:
+                yield from self._parse(member.chunks(self.max_uncompressed_bytes))
+            except OSError as exc:
+                raise SnapshotError(
+                    f"{self.path}: cannot read member {member.name!r} after line "
+                    f"{self.lines}: {exc}"
+                ) from None
+        finally:
+            source.close()
+        growing.wait_complete()
+        try:
+            archive = zipfile.ZipFile(self.path)
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise SnapshotError(f"{self.path}: not a readable zip archive: {exc}") from None
+        with archive:
+            info = self._open_member(archive)
+        member.verify(info)
+        self.declared_size = info.file_size
         self.complete = True
 
     def _parse(self, chunks: Iterator[bytes]) -> Iterator[Resource]:

@@ -43,8 +43,9 @@ from content_sync.errors import (
 )
 from content_sync.events import Events, feed_context
 from content_sync.feed import Change, ConsumerInfo, FeedClient, iter_windows
+from content_sync.growing import GrowingFile, Interrupted
 from content_sync.keep import ArchiveKeeper
-from content_sync.loader import load_archive, remove_leftovers
+from content_sync.loader import LoadResult, load_archive, remove_leftovers
 from content_sync.notify import Notifier
 from content_sync.patching import WindowResult, apply_window, needs_stored
 from content_sync.settings import FeedSettings, Settings
@@ -169,6 +170,14 @@ class Plan:
         return f"feed {self.feed}: offset {self.local_offset} -> {self.remote_offset}: " + (
             ", then ".join(steps)
         )
+
+
+class _DownloadFailed(Exception):
+    """The snapshot could not be downloaded (error: the feed's FeedError or TransientError)."""
+
+    def __init__(self, error: FeedError | TransientError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 @dataclass(frozen=True)
@@ -403,39 +412,27 @@ class FeedSync:
         sync = self.settings.sync
         offset, source = info.snapshot_offset, "feed"
         link: str | None = info.snapshot_link
+        loaded: LoadResult | None = None
         try:
-            archive = self.client.download_snapshot(
-                info.snapshot_link,
-                temp_dir=sync.temp_dir,
-                max_bytes=sync.max_archive_bytes,
-                progress=self._download_progress,
-            )
-        except (FeedError, TransientError) as exc:
+            archive, loaded = self._download_and_load(info.snapshot_link, offset)
+        except _DownloadFailed as failed:
             kept = self.keeper.latest(feed.state_id) if self.keeper else None
             if kept is None or reason not in ("drift", "invalid-copy"):
-                raise
+                raise failed.error from None
             log.warning(
                 "feed %s: the snapshot cannot be downloaded (%s); re-initialising from the kept "
                 "archive at offset %d: the content will be older than the feed's (%d)",
                 feed.name,
-                exc,
+                failed.error,
                 kept.offset,
                 info.last_offset,
             )
             archive = Path(shutil.copy(kept.path, _temp_copy_name(sync.temp_dir)))
             offset, link, source = kept.offset, kept.link, f"kept:{kept.path.name}"
         try:
-            self._check_stop()
-            loaded = load_archive(
-                self.store,
-                feed.index,
-                archive,
-                limits=sync,
-                snapshot_offset=offset,
-                concurrency=self.settings.opensearch.bulk_concurrency,
-                progress=lambda docs, size: self.events.index_progress(feed.name, docs, size),
-                should_stop=self.stop.is_set,
-            )
+            if loaded is None:
+                self._check_stop()
+                loaded = self._load(archive, offset)
             if self.keeper is not None and source == "feed":
                 self.keeper.keep(feed.state_id, archive, offset=offset, link=link)
         finally:
@@ -455,6 +452,65 @@ class FeedSync:
                 f"feed {feed.name}: restored the kept archive at offset {offset}; the feed's "
                 f"snapshot could not be downloaded, so the content is older than the feed's"
             )
+
+    def _download_and_load(self, link: str, offset: int) -> tuple[Path, LoadResult]:
+        """Download the archive and, at the same time, load it as it arrives (growing.py).
+
+        If the download restarts from its first byte (a server that does not resume), what was
+        read may not be the archive: it is loaded again from the complete file. If it fails,
+        _DownloadFailed carries its error. If the load fails, the download is abandoned.
+        """
+        growing = GrowingFile()
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"download-{self.feed.name}")
+        download = pool.submit(self._download, link, growing)
+        try:
+            try:
+                loaded = self._load(growing.wait_created(), offset, growing)
+            except Interrupted:
+                archive = self._downloaded(download)
+                log.info(
+                    "feed %s: the download restarted; loading the complete archive", self.feed.name
+                )
+                return archive, self._load(archive, offset)
+            return self._downloaded(download), loaded
+        except BaseException:
+            growing.abandon()
+            with contextlib.suppress(BaseException):  # the load's error is the one to report
+                download.result().unlink(missing_ok=True)
+            raise
+        finally:
+            pool.shutdown(wait=True)
+
+    def _download(self, link: str, growing: GrowingFile) -> Path:
+        with feed_context(self.feed.name):
+            return self.client.download_snapshot(
+                link,
+                temp_dir=self.settings.sync.temp_dir,
+                max_bytes=self.settings.sync.max_archive_bytes,
+                progress=self._download_progress,
+                growing=growing,
+            )
+
+    @staticmethod
+    def _downloaded(download: Future[Path]) -> Path:
+        try:
+            return download.result()
+        except (FeedError, TransientError) as exc:
+            raise _DownloadFailed(exc) from exc
+
+    def _load(self, archive: Path, offset: int, growing: GrowingFile | None = None) -> LoadResult:
+        feed = self.feed
+        return load_archive(
+            self.store,
+            feed.index,
+            archive,
+            limits=self.settings.sync,
+            snapshot_offset=offset,
+            concurrency=self.settings.opensearch.bulk_concurrency,
+            progress=lambda docs, size: self.events.index_progress(feed.name, docs, size),
+            should_stop=self.stop.is_set,
+            growing=growing,
+        )
 
     def _download_progress(self, done: int, total: int | None) -> None:
         # Between chunks: a stop (or a lost lease) abandons the download; the client removes the

@@ -20,7 +20,7 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Protocol
 
 from content_sync.errors import SnapshotError
 
@@ -30,12 +30,13 @@ try:
 except ImportError:  # pragma: no cover - isal ships wheels for the usual platforms
     inflate_lib = zlib
 
-__all__ = ["inflate_member"]
+__all__ = ["StreamedMember", "inflate_member"]
 
 CHUNK = 1024 * 1024
 _LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")  # zipfile's structFileHeader
 _LOCAL_MAGIC = b"PK\x03\x04"
 _FLAG_ENCRYPTED = 0x1
+_FLAG_DESCRIPTOR = 0x8  # sizes and CRC follow the data, not in the local header
 
 
 def inflate_member(path: Path, info: zipfile.ZipInfo) -> Iterator[bytes]:
@@ -68,7 +69,9 @@ def inflate_member(path: Path, info: zipfile.ZipInfo) -> Iterator[bytes]:
                     f"({info.compress_size - left} of {info.compress_size} compressed bytes)"
                 )
             left -= len(data)
-            pieces = (data,) if inflater is None else _inflate(inflater, data, path, info, size)
+            pieces = (
+                (data,) if inflater is None else _inflate(inflater, data, path, info.filename, size)
+            )
             for piece in pieces:
                 crc = inflate_lib.crc32(piece, crc)
                 size += len(piece)
@@ -101,9 +104,7 @@ def inflate_member(path: Path, info: zipfile.ZipInfo) -> Iterator[bytes]:
         )
 
 
-def _inflate(
-    inflater: Any, data: bytes, path: Path, info: zipfile.ZipInfo, done: int
-) -> Iterator[bytes]:
+def _inflate(inflater: Any, data: bytes, path: Path, name: str, done: int) -> Iterator[bytes]:
     """`data` inflated in pieces of at most CHUNK bytes. Deflate expands up to ~1000x, so one
     1 MiB read of a zip bomb would otherwise become a 1 GiB string (and a billion-item split)."""
     while data:
@@ -111,10 +112,151 @@ def _inflate(
             piece = inflater.decompress(data, CHUNK)
         except (zlib.error, inflate_lib.error) as exc:
             raise SnapshotError(
-                f"{path}: member {info.filename!r} is corrupt after {done} bytes: {exc}"
+                f"{path}: member {name!r} is corrupt after {done} bytes: {exc}"
             ) from None
         if not piece:
             return  # all input taken (or the stream ended: the caller checks)
         done += len(piece)
         yield piece
         data = inflater.unconsumed_tail
+
+
+class _Source(Protocol):
+    path: Path
+
+    def read(self, size: int) -> bytes: ...
+
+
+class NotStreamable(SnapshotError):
+    """A stored (not deflated) member whose size only its central directory tells."""
+
+
+class StreamedMember:
+    """The first member of an archive read from its start (the download still arriving), before
+    its central directory exists. What the iteration found is kept for the caller to check
+    against the central directory once the download is complete: name, compressed size,
+    inflated size, CRC-32."""
+
+    def __init__(self, source: _Source) -> None:
+        self.source = source
+        self.name = ""
+        self.compressed = 0
+        self.size = 0
+        self.crc = 0
+        self._method = zipfile.ZIP_DEFLATED
+        # What the local header declares, when it does (-1: sizes follow the data).
+        self._declared = -1
+        self.declared_size = -1
+
+    def _read_exactly(self, n: int, what: str) -> bytes:
+        parts, left = [], n
+        while left:
+            data = self.source.read(left)
+            if not data:
+                raise SnapshotError(f"{self.source.path}: truncated in the {what}")
+            parts.append(data)
+            left -= len(data)
+        return b"".join(parts)
+
+    def open(self) -> None:
+        """Read the local header: the member's name, method and (maybe) compressed size."""
+        header = self._read_exactly(_LOCAL_HEADER.size, "first local header")
+        fields = _LOCAL_HEADER.unpack(header)
+        if fields[0] != _LOCAL_MAGIC:
+            raise SnapshotError(f"{self.source.path}: not a readable zip archive (no local header)")
+        flags, method, compressed, size = fields[3], fields[4], fields[8], fields[9]
+        name = self._read_exactly(fields[10], "member name")
+        extra = self._read_exactly(fields[11], "member extra field")
+        self.name = name.decode("utf-8" if flags & 0x800 else "cp437")
+        if flags & _FLAG_ENCRYPTED:
+            raise SnapshotError(f"{self.source.path}: member {self.name!r} is encrypted")
+        if method not in (zipfile.ZIP_DEFLATED, zipfile.ZIP_STORED):
+            raise SnapshotError(
+                f"{self.source.path}: member {self.name!r} uses compression method {method}; "
+                "only deflate and stored are supported"
+            )
+        if flags & _FLAG_DESCRIPTOR:
+            compressed = size = -1
+        elif 0xFFFFFFFF in (compressed, size):
+            size, compressed = _zip64_sizes(extra)
+        self._method, self._declared, self.declared_size = method, compressed, size
+
+    def chunks(self, max_size: int) -> Iterator[bytes]:
+        """The member's inflated bytes (after open()); at most `max_size` of them."""
+        if self._method == zipfile.ZIP_STORED:
+            if self._declared < 0:
+                raise NotStreamable(f"{self.source.path}: stored member of unknown size")
+            yield from self._stored(self._declared)
+            return
+        inflater = inflate_lib.decompressobj(-zlib.MAX_WBITS)
+        while not inflater.eof:
+            data = self.source.read(CHUNK)
+            if not data:
+                raise SnapshotError(
+                    f"{self.source.path}: member {self.name!r} is truncated "
+                    f"(the deflate stream stops after {self.compressed} compressed bytes)"
+                )
+            self.compressed += len(data)
+            for piece in _inflate(inflater, data, self.source.path, self.name, self.size):
+                self._count(piece, max_size)
+                yield piece
+            # Whatever follows the stream (a data descriptor, the central directory) is not ours.
+            self.compressed -= len(inflater.unused_data)
+        tail = inflater.flush()
+        if tail:
+            self._count(tail, max_size)
+            yield tail
+
+    def _stored(self, left: int) -> Iterator[bytes]:
+        while left > 0:
+            data = self.source.read(min(CHUNK, left))
+            if not data:
+                raise SnapshotError(f"{self.source.path}: member {self.name!r} is truncated")
+            left -= len(data)
+            self.compressed += len(data)
+            self._count(data, None)
+            yield data
+
+    def _count(self, piece: bytes, max_size: int | None) -> None:
+        self.crc = inflate_lib.crc32(piece, self.crc)
+        self.size += len(piece)
+        if 0 <= self.declared_size < self.size:
+            # A bomb whose headers understate its size: stop at once, not at the end.
+            raise SnapshotError(
+                f"{self.source.path}: member {self.name!r} inflates beyond the "
+                f"{self.declared_size} bytes its headers declare"
+            )
+        if max_size is not None and self.size > max_size:
+            raise SnapshotError(
+                f"{self.source.path}: member {self.name!r} inflates beyond "
+                f"sync.max_uncompressed_bytes ({max_size})"
+            )
+
+    def verify(self, info: zipfile.ZipInfo) -> None:
+        """The central directory's entry must describe exactly what was streamed."""
+        path = self.source.path
+        checks = (
+            ("name", info.filename, self.name),
+            ("offset", info.header_offset, 0),
+            ("compressed size", info.compress_size, self.compressed),
+            ("size", info.file_size, self.size),
+            ("CRC-32", info.CRC, self.crc),
+        )
+        for what, declared, streamed in checks:
+            if declared != streamed:
+                raise SnapshotError(
+                    f"{path}: member {info.filename!r}: the central directory declares {what} "
+                    f"{declared!r}, the member as read has {streamed!r}"
+                )
+
+
+def _zip64_sizes(extra: bytes) -> tuple[int, int]:
+    """(size, compressed size) from a local header's ZIP64 extra field; -1 where absent."""
+    pos = 0
+    while pos + 4 <= len(extra):
+        kind, length = struct.unpack_from("<HH", extra, pos)
+        if kind == 0x0001 and length >= 16:
+            size, compressed = struct.unpack_from("<QQ", extra, pos + 4)
+            return int(size), int(compressed)
+        pos += 4 + length
+    return -1, -1
