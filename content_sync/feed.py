@@ -408,26 +408,47 @@ def _describe(exc: httpx.RequestError) -> str:
 
 
 def _parse_change(item: object, context: str, where: str) -> Change:
-    if not isinstance(item, dict):
+    """One change of a changes answer: an _Item from _decode_changes, or a plainly decoded
+    object (an answer of another shape)."""
+    if isinstance(item, _Item):
+        if (change := _valid(item, context)) is not None:
+            return change
+        found: tuple[object, ...] = (
+            item.offset,
+            item.type,
+            item.resource,
+            item.context,
+            item.version,
+            item.operations,
+            None if item.payload is msgspec.UNSET else item.payload,
+        )
+    elif isinstance(item, dict):
+        found = (
+            item.get("offset"),
+            item.get("type"),
+            item.get("resource"),
+            item.get("context"),
+            item.get("version", 0),
+            item.get("operations"),
+            item.get("payload"),
+        )
+    else:
         raise BadFeedAnswer(f"{where}: a change is not an object")
-    offset = _offset(item.get("offset"), f"{where}: change offset")
-    kind = item.get("type")
+    offset, kind, resource, owner, version, ops, payload = found
+    offset = _offset(offset, f"{where}: change offset")
+    given = kind
     kind = kind.lower() if isinstance(kind, str) else kind
-    resource = item.get("resource")
     if not isinstance(resource, str) or not resource:
         raise BadFeedAnswer(f"{where}: change {offset} has no resource name")
-    if item.get("context") not in (None, context):
-        raise BadFeedAnswer(f"{where}: change {offset} belongs to context {item.get('context')!r}")
-    version = item.get("version", 0)
+    if owner not in (None, context):
+        raise BadFeedAnswer(f"{where}: change {offset} belongs to context {owner!r}")
     if isinstance(version, bool) or not isinstance(version, int):
         raise BadFeedAnswer(f"{where}: change {offset} has version {version!r}")
     if kind == "create":
-        payload = item.get("payload")
-        if not (isinstance(payload, dict) or is_raw_object(payload)):
-            raise BadFeedAnswer(f"{where}: create {offset} ({resource}) has no payload object")
-        return Change(offset, "create", resource, version, payload=payload)
+        if isinstance(payload, dict) or is_raw_object(payload):
+            return Change(offset, "create", resource, version, payload=payload)
+        raise BadFeedAnswer(f"{where}: create {offset} ({resource}) has no payload object")
     if kind == "update":
-        ops = item.get("operations")
         if ops is None:
             ops = []
         if not isinstance(ops, list) or not all(isinstance(op, dict) for op in ops):
@@ -435,12 +456,45 @@ def _parse_change(item: object, context: str, where: str) -> Change:
         return Change(offset, "update", resource, version, operations=ops)
     if kind == "delete":
         return Change(offset, "delete", resource, version)
-    raise BadFeedAnswer(f"{where}: change {offset} has unknown type {item.get('type')!r}")
+    raise BadFeedAnswer(f"{where}: change {offset} has unknown type {given!r}")
 
 
-class _Item(msgspec.Struct):
+def _valid(item: _Item, context: str) -> Change | None:
+    """The change an _Item describes, if it is valid, in few steps (a JSON decoder gives exact
+    types: no bool passes for an int); else None, for _parse_change to say what is wrong."""
+    offset, resource, version, kind = item.offset, item.resource, item.version, item.type
+    if (
+        type(offset) is not int
+        or offset < 0
+        or type(resource) is not str
+        or not resource
+        or item.context not in (None, context)
+        or type(version) is not int
+        or type(kind) is not str
+    ):
+        return None
+    kind = kind.lower()
+    if kind == "update":
+        ops = item.operations
+        if ops is None:
+            ops = []
+        elif type(ops) is not list:
+            return None
+        for op in ops:
+            if type(op) is not dict:
+                return None
+        return Change(offset, "update", resource, version, operations=ops)
+    if kind == "create" and is_raw_object(item.payload):
+        return Change(offset, "create", resource, version, payload=item.payload)
+    if kind == "delete":
+        return Change(offset, "delete", resource, version)
+    return None
+
+
+class _Item(msgspec.Struct, gc=False):
     """A change as the fast decoder reads it: the payload (a whole CVE record for a create) is
-    left raw, as lazydoc and the bulk encoder take it; everything else is checked as usual."""
+    left raw, as lazydoc and the bulk encoder take it; everything else is checked by
+    _parse_change, as for a plainly decoded answer. (No cycles run through these: gc=False.)"""
 
     offset: Any = None
     type: Any = None
@@ -451,30 +505,24 @@ class _Item(msgspec.Struct):
     payload: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
 
 
-class _Changes(msgspec.Struct):
+class _Changes(msgspec.Struct, gc=False):
     data: list[_Item]
 
 
 _CHANGES = msgspec.json.Decoder(_Changes)
-_FIELDS = _Item.__struct_fields__
 
 
 def _decode_changes(body: bytes) -> Any:
-    """A changes answer with the creates' payloads left undecoded (most of a window's bytes).
-    An answer of another shape is decoded plainly, for _parse_change to say what is wrong."""
+    """A changes answer with the creates' payloads left undecoded (most of a window's bytes),
+    its changes as _Items. An answer of another shape is decoded plainly, for _parse_change to
+    say what is wrong."""
     try:
         answer = _CHANGES.decode(body)
     except msgspec.ValidationError:
         return orjson.loads(body)
     except msgspec.DecodeError as exc:
         raise ValueError(str(exc)) from None
-    items = []
-    for item in answer.data:
-        values = {name: getattr(item, name) for name in _FIELDS}
-        if values["payload"] is msgspec.UNSET:
-            del values["payload"]
-        items.append(values)
-    return {"data": items}
+    return {"data": answer.data}
 
 
 def iter_windows(start: int, end: int, size: int) -> Iterator[tuple[int, int]]:

@@ -140,3 +140,119 @@ def _has_raw(value: Any) -> bool:
     if isinstance(value, list):
         return any(_has_raw(v) for v in value)
     return False
+
+
+# Tokens jsonpointer refuses as array indices (or that int() reads but JSON Pointer does not),
+# escapes, and a member named like an index: applied to the container that holds the target,
+# each must still give jsonpatch's answer, error type and message included.
+ODD_TOKENS = ["0", "1", "3", "-", "01", "-1", "+1", " 1", "1_0", "\u0661", "", "~0k", "x"]
+
+
+def _outcome(apply: Any, document: Any, ops: list[Any]) -> tuple[str, Any]:
+    try:
+        return "ok", encode(apply(document, ops))
+    except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException) as exc:
+        return type(exc).__name__, str(exc)
+
+
+def _reference(document: Any, ops: list[Any]) -> Any:
+    for op in ops:  # one by one, as apply_patch does (JsonPatch validates the whole list first)
+        document = jsonpatch.JsonPatch([op]).apply(document, in_place=True)
+    return document
+
+
+def assert_jsonpatchs_answer(ops: list[Any], *, exact: bool = True) -> None:
+    """Same result as jsonpatch on the decoded document, or the same error: its message too on
+    a decoded document (on a raw one, a message may show a raw member). A move takes two steps
+    (see _move), so unless `exact`, any of jsonpatch's errors will do for one that fails."""
+    expected = _outcome(_reference, copy.deepcopy(DOC), copy.deepcopy(ops))
+    got_raw = _outcome(apply_patch, raw(DOC), copy.deepcopy(ops))
+    got = _outcome(apply_patch, copy.deepcopy(DOC), copy.deepcopy(ops))
+    if expected[0] == "ok":
+        assert got_raw == got == expected
+    elif exact:
+        assert got == expected
+        assert got_raw[0] == expected[0]
+    else:
+        assert "ok" not in (got[0], got_raw[0])
+
+
+@pytest.mark.parametrize("token", ODD_TOKENS)
+@pytest.mark.parametrize("verb", ["add", "remove", "replace", "test", "copy", "move"])
+@pytest.mark.parametrize("where", ["/containers/cna/references", "/containers/cna/a~1b"])
+def test_odd_tokens_give_jsonpatchs_answer(verb: str, where: str, token: str) -> None:
+    if verb in ("copy", "move"):
+        for source, target in ((token, "0"), ("0", token), ("~0k", token)):
+            op = {"op": verb, "from": f"{where}/{source}", "path": f"{where}/{target}"}
+            assert_jsonpatchs_answer([op], exact=verb == "copy")
+    else:
+        assert_jsonpatchs_answer([{"op": verb, "path": f"{where}/{token}", "value": {"n": 1}}])
+
+
+def test_operations_are_left_as_they_were() -> None:
+    # jsonpatch copies the values it adds: a later operation that changes the added value must
+    # not reach into the patch, which then applies the same way again.
+    ops: list[dict[str, Any]] = [
+        {"op": "add", "path": "/containers/cna/x", "value": {"list": [1]}},
+        {"op": "add", "path": "/containers/cna/x/list/-", "value": 2},
+        {"op": "copy", "from": "/containers/cna/x", "path": "/containers/cna/y"},
+        {"op": "add", "path": "/containers/cna/y/list/-", "value": 3},
+        {"op": "move", "from": "/containers/cna/y", "path": "/containers/cna/z"},
+        {"op": "replace", "path": "/containers/cna/z/list/0", "value": {"v": []}},
+        {"op": "add", "path": "/containers/cna/z/list/0/v/-", "value": 4},
+    ]
+    before = copy.deepcopy(ops)
+    first = encode(apply_patch(raw(DOC), ops))
+    assert ops == before
+    assert encode(apply_patch(raw(DOC), ops)) == first == jsonpatch.apply_patch(DOC, before)
+
+
+@pytest.mark.parametrize(
+    "ops",
+    [
+        [  # within one array, the value taken out shifts what follows it
+            {
+                "op": "move",
+                "from": "/containers/cna/references/0",
+                "path": "/containers/cna/references/1",
+            },
+            {
+                "op": "move",
+                "from": "/containers/cna/references/1",
+                "path": "/containers/cna/references/-",
+            },
+        ],
+        [{"op": "move", "from": "/containers/cna/a~1b", "path": "/containers/cna/c~1d"}],
+        [{"op": "move", "from": "/containers/cna/references/1", "path": "/refs"}],
+        [
+            {
+                "op": "move",
+                "from": "/containers/cna/references/0",
+                "path": "/containers/cna/references/2",
+            }
+        ],
+        [{"op": "move", "from": "/containers/cna", "path": "/containers/cna/x"}],  # own child
+        [
+            {
+                "op": "move",
+                "from": "/containers/cna/references/0",
+                "path": "/containers/cna/references/0",
+            }
+        ],
+    ],
+    ids=range(6),
+)
+def test_moves_give_jsonpatchs_answer(ops: list[dict[str, Any]]) -> None:
+    assert_jsonpatchs_answer(ops, exact=False)
+
+
+@pytest.mark.parametrize("verb", ["move", "copy"])
+def test_a_raw_value_moved_to_the_root_is_patched_further(verb: str) -> None:
+    # The value taken is still raw text: it is opened before the next operation, as a record is.
+    ops: list[dict[str, Any]] = [
+        {"op": verb, "from": "/containers/cna/a~1b", "path": ""},
+        {"op": "test", "path": "", "value": {"~k": [1, 2, {"deep": [None, True, False]}]}},
+        {"op": "add", "path": "/~0k/-", "value": 3},
+    ]
+    expected = _reference(copy.deepcopy(DOC), copy.deepcopy(ops))
+    assert encode(apply_patch(raw(DOC), copy.deepcopy(ops))) == expected

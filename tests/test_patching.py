@@ -5,10 +5,12 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import msgspec
+import orjson
 import pytest
 
-from content_sync.errors import DriftError
-from content_sync.feed import Change
+from content_sync.errors import BadFeedAnswer, DriftError
+from content_sync.feed import Change, _decode_changes, _parse_change
 from content_sync.patching import apply_window, needs_stored, touched
 
 
@@ -127,3 +129,56 @@ def test_update_of_missing_resource_is_drift() -> None:
 
 def test_delete_of_missing_resource_is_harmless() -> None:
     assert apply_window([Change(3, "delete", "GONE", 2)], {}).final == {"GONE": None}
+
+
+# The feed's changes answers, decoded in one pass (feed._decode_changes) and checked in a few
+# steps where valid: the same changes, or the same complaint, as a plainly decoded answer gives.
+ITEMS: list[Any] = [
+    {"offset": 1, "type": "update", "resource": "CVE-1", "version": 2, "operations": []},
+    {"offset": 2, "type": "UPDATE", "resource": "CVE-1", "context": "ctx", "operations": None},
+    {"offset": 3, "type": "update", "resource": "CVE-1", "operations": [{"op": "x"}]},
+    {"offset": 4, "type": "create", "resource": "CVE-2", "payload": {"a": [1e2, 1.50]}},
+    {"offset": 5, "type": "delete", "resource": "CVE-2", "version": 2**70, "payload": None},
+    {"offset": 6, "type": "create", "resource": "CVE-3", "payload": {}, "operations": "junk"},
+    {"offset": -1, "type": "update", "resource": "CVE-1"},
+    {"offset": True, "type": "update", "resource": "CVE-1"},
+    {"offset": 7.0, "type": "update", "resource": "CVE-1"},
+    {"offset": 8, "type": "update", "resource": ""},
+    {"offset": 8, "type": "update", "resource": ["CVE-1"]},
+    {"offset": 8, "type": "update", "resource": "CVE-1", "context": "other"},
+    {"offset": 8, "type": "update", "resource": "CVE-1", "context": 5},
+    {"offset": 8, "type": "update", "resource": "CVE-1", "version": True},
+    {"offset": 8, "type": "update", "resource": "CVE-1", "version": None},
+    {"offset": 8, "type": "update", "resource": "CVE-1", "operations": {"op": "add"}},
+    {"offset": 8, "type": "update", "resource": "CVE-1", "operations": ["add"]},
+    {"offset": 8, "type": "create", "resource": "CVE-1"},
+    {"offset": 8, "type": "create", "resource": "CVE-1", "payload": [1]},
+    {"offset": 8, "type": "upsert", "resource": "CVE-1"},
+    {"offset": 8, "type": None, "resource": "CVE-1"},
+    {"offset": 8, "resource": "CVE-1"},
+]
+
+
+def _parsed(item: Any, body: bytes, one_pass: bool) -> Any:
+    data = _decode_changes(body)["data"] if one_pass else msgspec.json.decode(body)["data"]
+    assert len(data) == 1
+    try:
+        change = _parse_change(data[0], "ctx", "w")
+    except BadFeedAnswer as exc:
+        return str(exc)
+    payload = change.payload
+    document = orjson.loads(bytes(payload)) if isinstance(payload, msgspec.Raw) else payload
+    return (
+        change.offset,
+        change.type,
+        change.resource,
+        change.version,
+        change.operations,
+        document,
+    )
+
+
+@pytest.mark.parametrize("item", ITEMS, ids=range(len(ITEMS)))
+def test_changes_decoded_in_one_pass_are_checked_as_ever(item: Any) -> None:
+    body = msgspec.json.encode({"data": [item]})
+    assert _parsed(item, body, one_pass=True) == _parsed(item, body, one_pass=False)
