@@ -10,7 +10,9 @@ time: an object becomes a dict of raw values, an array a list of raw values. Wha
 reaches stays raw, and the encoder splices it back verbatim (numbers below the first three
 levels keep their exact text; above, the same value may be written differently, 1.50 as 1.5).
 The patch itself is still applied by `jsonpatch`, operation by operation, on the opened tree; a
-value compared by `test` is decoded whole.
+value compared by `test` is decoded whole. An operation is handed the container that holds its
+target, with a pointer of one part, so that jsonpatch does not walk the tree again from its
+root; where that container cannot be reached, jsonpatch gets the whole document and says why.
 """
 
 from __future__ import annotations
@@ -175,6 +177,7 @@ def _route(path: str) -> tuple[tuple[str, ...], str, _Tail] | None:
 
 
 def _way(path: str) -> tuple[str, ...] | None:
+    """The parts that lead to the container of the target of `path`."""
     route = _route(path)
     return None if route is None else route[0]
 
@@ -214,8 +217,8 @@ def _local(document: Any, kind: type[jsonpatch.PatchOperation], operation: dict[
 
 
 def _copy(document: Any, operation: dict[str, Any]) -> bool:
-    """jsonpatch's copy: the value at 'from', deep-copied (a raw one stays raw), added at
-    'path'."""
+    """A copy, as jsonpatch's: the value at 'from' added at 'path', deep-copied by the add (a raw
+    value stays raw)."""
     taken = _at(document, operation.get("from"))
     key = None if taken is None else _key(taken[0], taken[1])
     if taken is None or key is None:
@@ -275,14 +278,15 @@ def _splits(op: object, source: object, path: object) -> bool:
 
 
 def _move(document: Any, source: str, path: str) -> Any:
-    """RFC 6902's move: a remove, then an add at `path` in the document the remove left. Done as
-    two steps so that `path` is opened after the remove: when it runs through the array the value
-    leaves, its indices shift, and opening it beforehand opens the wrong element."""
+    """RFC 6902's move: a remove, then an add at `path` in the document the remove left. Within
+    one container, that is jsonpatch's move there. Otherwise done as two steps so that `path` is
+    opened after the remove: when it runs through the array the value leaves, its indices shift,
+    and opening it beforehand opens the wrong element."""
     route = _route(path)  # a malformed 'path' is reported before 'from', as jsonpatch does
     taken = _at(document, source)
     key = None if taken is None else _key(taken[0], taken[1])
     if taken is not None and key is not None and route is not None and route[0] == _way(source):
-        # Within one container: jsonpatch's own move, there (it does not copy what it moves).
+        # jsonpatch's move, there: unlike the add below, it does not deep-copy what it moves
         jsonpatch.MoveOperation({"op": "move", "from": taken[2], "path": route[2]}).apply(taken[0])
         return document
     if taken is None or key is None:  # jsonpatch, on the whole document, says why
