@@ -71,12 +71,17 @@ def build_bodies(
     return spans, docs, size
 
 
+_BUILT: dict[Path, tuple[list[tuple[int, int]], int, int]] = {}
+
+
 def run_limit(
     os_client: OpenSearch, archive: Path, index: str, work: Path, settings: OpenSearchSettings
 ) -> Run:
     store = Store(os_client, settings, RetryPolicy())
-    bodies = work / "bodies.ndjson"
-    spans, docs, size = build_bodies(archive, index, bodies, store)
+    bodies = work / f"bodies-{index}.ndjson"
+    if bodies not in _BUILT:  # built once per index name, outside the timed part
+        _BUILT[bodies] = build_bodies(archive, index, bodies, store)
+    spans, docs, size = _BUILT[bodies]
     os_client.indices.create(
         index=index,
         body={
@@ -101,7 +106,6 @@ def run_limit(
     seconds = time.perf_counter() - started
     cpu, node = time.process_time() - cpu0, node_cpu_seconds(url) - node0
     assert os_client.count(index=index)["count"] == docs
-    bodies.unlink()
     return Run("limit", seconds, docs, size, None, round(cpu, 1), round(node, 1))
 
 
@@ -136,7 +140,25 @@ def run_naive(os_client: OpenSearch, archive: Path, index: str, work: Path, url:
     return Run("naive", seconds, docs, member.file_size, None, round(cpu, 1), round(node, 1))
 
 
-def bench_size(n: int, url: str, skip_naive: bool) -> dict[str, Any]:
+def run_product_once(
+    model: FeedModel, server: FeedServer, work: Path, url: str, prefix: str, rnd: int
+) -> Run:
+    """`content-sync sync` on a fresh state and alias: a first initialisation, end to end."""
+    os_client = client(url)
+    own = f"{prefix}-r{rnd}"
+    config = write_settings(work / f"settings-{rnd}.yaml", server, url, own)
+    node0 = node_cpu_seconds(url)
+    seconds, rss, cpu = run_product(config, "sync")
+    node = node_cpu_seconds(url) - node0
+    with zipfile.ZipFile(model.snapshot_path) as zf:
+        size = zf.infolist()[0].file_size
+    docs = os_client.count(index=f"{own}-cve")["count"]
+    assert docs == model.snapshot_lines, f"product run: {docs} of {model.snapshot_lines} documents"
+    os_client.indices.delete(index=f"{own}*", expand_wildcards="all")
+    return Run("product", seconds, docs, size, round(rss, 1), round(cpu, 1), round(node, 1))
+
+
+def bench_size(n: int, url: str, skip_naive: bool, repeat: int) -> dict[str, Any]:
     os_client = client(url)
     prefix = f"bench-snap-{n}"
     os_client.indices.delete(index=f"{prefix}*", ignore_unavailable=True, expand_wildcards="all")
@@ -147,21 +169,30 @@ def bench_size(n: int, url: str, skip_naive: bool) -> dict[str, Any]:
         model = FeedModel(resources=n, seed=n, workdir=work / "feed")
         print(f"[{n}] model ready in {time.perf_counter() - started:.0f} s", flush=True)
         runs: list[Run] = []
-        with FeedServer(model) as server:
-            config = write_settings(work / "settings.yaml", server, url, prefix)
-            node0 = node_cpu_seconds(url)
-            seconds, rss, cpu = run_product(config, "sync")
-            node = node_cpu_seconds(url) - node0
-            with zipfile.ZipFile(model.snapshot_path) as zf:
-                size = zf.infolist()[0].file_size
-            docs = os_client.count(index=f"{prefix}-cve")["count"]
-            runs.append(
-                Run("product", seconds, docs, size, round(rss, 1), round(cpu, 1), round(node, 1))
-            )
-            print(f"[{n}] product {seconds:.1f} s, peak RSS {rss:.0f} MB", flush=True)
         settings = OpenSearchSettings(hosts=[url], bulk_concurrency=2)
-        runs.append(run_limit(os_client, model.snapshot_path, f"{prefix}-limit", work, settings))
-        print(f"[{n}] limit {runs[-1].seconds:.1f} s", flush=True)
+        products: list[Run] = []
+        limits: list[Run] = []
+        with FeedServer(model) as server:
+            # Rounds alternate which of the two goes first (the node warms up, the machine's
+            # other load varies); the best of each is compared. Every run is in the JSON.
+            for rnd in range(repeat):
+                order = ("product", "limit") if rnd % 2 == 0 else ("limit", "product")
+                for which in order:
+                    if which == "product":
+                        products.append(run_product_once(model, server, work, url, prefix, rnd))
+                        last = products[-1]
+                        print(
+                            f"[{n}] product {last.seconds:.1f} s, peak RSS {last.peak_rss_mb} MB",
+                            flush=True,
+                        )
+                    else:
+                        index = f"{prefix}-limit"
+                        limits.append(
+                            run_limit(os_client, model.snapshot_path, index, work, settings)
+                        )
+                        os_client.indices.delete(index=index)
+                        print(f"[{n}] limit {limits[-1].seconds:.1f} s", flush=True)
+        runs += [min(products, key=lambda r: r.seconds), min(limits, key=lambda r: r.seconds)]
         if not skip_naive:
             runs.append(run_naive(os_client, model.snapshot_path, f"{prefix}-naive", work, url))
             print(f"[{n}] naive {runs[-1].seconds:.1f} s", flush=True)
@@ -171,6 +202,7 @@ def bench_size(n: int, url: str, skip_naive: bool) -> dict[str, Any]:
     return {
         "resources": n,
         "runs": [r.row() for r in runs],
+        "all_runs": [r.row() for r in products + limits],
         "product_vs_limit": round(by["product"].docs_per_s / by["limit"].docs_per_s, 3),
         "product_vs_naive": round(by["product"].docs_per_s / by["naive"].docs_per_s, 2)
         if "naive" in by
@@ -184,10 +216,13 @@ def main() -> None:
     )
     parser.add_argument("--sizes", default="50000,200000")
     parser.add_argument("--skip-naive", action="store_true")
+    parser.add_argument(
+        "--repeat", type=int, default=2, help="product and limit runs per size (best is shown)"
+    )
     args = parser.parse_args()
     url = opensearch_url()
     version = client(url).info()["version"]["number"]
-    results = [bench_size(int(n), url, args.skip_naive) for n in args.sizes.split(",")]
+    results = [bench_size(int(n), url, args.skip_naive, args.repeat) for n in args.sizes.split(",")]
     rows = [
         [
             "resources",
