@@ -165,21 +165,11 @@ class SnapshotReader:
         if self.growing is not None:
             yield from self._iter_growing(self.growing)
             return
-        try:
-            archive = zipfile.ZipFile(self.path)
-        except (zipfile.BadZipFile, OSError) as exc:
-            raise SnapshotError(f"{self.path}: not a readable zip archive: {exc}") from None
-        with archive:
+        with self._zip() as archive:
             info = self._open_member(archive)
             self.member_name = info.filename
             self.declared_size = info.file_size
-            try:
-                yield from self._parse(inflate_member(self.path, info))
-            except OSError as exc:
-                raise SnapshotError(
-                    f"{self.path}: cannot read member {info.filename!r} after line "
-                    f"{self.lines}: {exc}"
-                ) from None
+            yield from self._parse_member(inflate_member(self.path, info))
         if self.bytes_read != self.declared_size:
             raise SnapshotError(
                 f"{self.path}: read {self.bytes_read} bytes of {info.filename!r}, "
@@ -199,25 +189,31 @@ class SnapshotReader:
             self._check_name(member.name)
             self._check_size(member.name, member.declared_size)
             self.member_name = member.name
-            try:
-                yield from self._parse(member.chunks(self.max_uncompressed_bytes))
-            except OSError as exc:
-                raise SnapshotError(
-                    f"{self.path}: cannot read member {member.name!r} after line "
-                    f"{self.lines}: {exc}"
-                ) from None
+            yield from self._parse_member(member.chunks(self.max_uncompressed_bytes))
         finally:
             source.close()
         growing.wait_complete()
-        try:
-            archive = zipfile.ZipFile(self.path)
-        except (zipfile.BadZipFile, OSError) as exc:
-            raise SnapshotError(f"{self.path}: not a readable zip archive: {exc}") from None
-        with archive:
+        with self._zip() as archive:
             info = self._open_member(archive)
         member.verify(info)
         self.declared_size = info.file_size
         self.complete = True
+
+    def _zip(self) -> zipfile.ZipFile:
+        try:
+            return zipfile.ZipFile(self.path)
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise SnapshotError(f"{self.path}: not a readable zip archive: {exc}") from None
+
+    def _parse_member(self, chunks: Iterator[bytes]) -> Iterator[Resource]:
+        """_parse, with a read error reported as the archive's (member_name is set)."""
+        try:
+            yield from self._parse(chunks)
+        except OSError as exc:
+            raise SnapshotError(
+                f"{self.path}: cannot read member {self.member_name!r} after line "
+                f"{self.lines}: {exc}"
+            ) from None
 
     def _parse(self, chunks: Iterator[bytes]) -> Iterator[Resource]:
         for line in self._lines(chunks):

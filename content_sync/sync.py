@@ -562,16 +562,7 @@ class FeedSync:
             with self._lease_kept(state):
                 self.events.snapshot_started(feed.name, "import")
                 result.snapshots.append("import")
-                loaded = load_archive(
-                    self.store,
-                    feed.index,
-                    archive,
-                    limits=self.settings.sync,
-                    snapshot_offset=offset,
-                    concurrency=self.settings.opensearch.bulk_concurrency,
-                    progress=lambda docs, size: self.events.index_progress(feed.name, docs, size),
-                    should_stop=self.stop.is_set,
-                )
+                loaded = self._load(archive, offset)
             result.documents = loaded.documents
             state.local_offset = state.snapshot_offset = offset
             state.snapshot_link = None
