@@ -7,6 +7,7 @@ import sys
 
 BENCHES = [
     ["-m", "bench.snapshot"],
+    ["-m", "bench.overlap"],
     ["-m", "bench.changes"],
     ["bench/feed_memory.py"],
 ]

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar, overload
+from typing import Any, BinaryIO, TypeVar, overload
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import orjson
@@ -143,6 +143,9 @@ class FeedServer:
         self.commands: list[dict[str, Any]] = []
         self.command_auth: tuple[str, str] | None = None
         self.range_support = True
+        # Snapshot downloads paced to this many bytes a second (None: as fast as loopback goes);
+        # benchmarks use it to stand for a feed that is far away.
+        self.snapshot_rate: float | None = None
         # Changes answers rendered ahead of time (prerender): (model, head, from, to, empties).
         self._rendered: dict[tuple[int, int, int, int, bool], bytes] = {}
         self._want_port = port
@@ -650,10 +653,27 @@ class _Handler(BaseHTTPRequestHandler):
         # A drop sends the full Content-Length but only half the bytes, then closes.
         count = max(1, length // 2) if drop and length > 1 else length
         with open(path, "rb") as fh:
-            if count:
+            if count and feed.snapshot_rate:
+                self._paced(fh, start, count, feed.snapshot_rate)
+            elif count:
                 self.connection.sendfile(fh, offset=start, count=count)
         if drop:
             self._drop()
+
+    def _paced(self, fh: BinaryIO, start: int, count: int, rate: float) -> None:
+        """Send `count` bytes from `start` at about `rate` bytes a second."""
+        piece = max(1, int(rate / 20))  # 20 pieces a second: smooth enough for any reader
+        began, sent = time.monotonic(), 0
+        fh.seek(start)
+        while sent < count:
+            data = fh.read(min(piece, count - sent))
+            if not data:
+                break
+            self.wfile.write(data)
+            sent += len(data)
+            ahead = sent / rate - (time.monotonic() - began)
+            if ahead > 0:
+                time.sleep(ahead)
 
     def _command(self, feed: FeedServer, body: bytes) -> None:
         if feed.command_auth is not None:
