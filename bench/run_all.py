@@ -8,6 +8,7 @@ import sys
 BENCHES = [
     ["-m", "bench.snapshot"],
     ["-m", "bench.overlap"],
+    ["-m", "bench.patching"],
     ["-m", "bench.changes"],
     ["bench/feed_memory.py"],
 ]

@@ -34,7 +34,7 @@ from content_sync.errors import LeaseLostError, StoreError, StoreUnavailable
 from content_sync.retry import RetryPolicy
 from content_sync.settings import OpenSearchSettings
 
-__all__ = ["BulkOp", "FeedState", "Store", "make_client", "utcnow"]
+__all__ = ["BulkOp", "FeedState", "Store", "make_client", "mget_documents", "utcnow"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -448,25 +448,7 @@ class Store:
         path = f"/{quote(index, safe='')}/_mget"
 
         def get() -> dict[str, dict[str, Any]]:
-            raw = self._post_bytes(path, {"realtime": "true"}, body)
-            try:
-                got = _MGET.decode(raw)
-            except msgspec.MsgspecError as exc:
-                raise StoreError(f"multi-get answer from {index} not understood: {exc}") from None
-            out: dict[str, dict[str, Any]] = {}
-            for doc in got.docs:
-                if doc.error is not None:  # e.g. its shard is still starting after a restart
-                    raise StoreUnavailable(
-                        f"OpenSearch could not read {doc.id}: {doc.error}", cause="store-shard"
-                    )
-                if doc.found and doc.source is not None:
-                    source = doc.source
-                    out[doc.id] = {
-                        "offset": source.offset,
-                        "version": source.version,
-                        "document": source.document,
-                    }
-            return out
+            return mget_documents(self._post_bytes(path, {"realtime": "true"}, body), index)
 
         return self._call(f"multi-get of {len(ids)} documents from {index}", get)
 
@@ -603,6 +585,29 @@ class Store:
             )
             time.sleep(delay * (0.5 + secrets.randbelow(1000) / 1000))
             todo = retry
+
+
+def mget_documents(raw: bytes, index: str) -> dict[str, dict[str, Any]]:
+    """A multi-get answer -> {id: {"offset", "version", "document"}} of the documents found,
+    each document left as raw JSON (see lazydoc)."""
+    try:
+        got = _MGET.decode(raw)
+    except msgspec.MsgspecError as exc:
+        raise StoreError(f"multi-get answer from {index} not understood: {exc}") from None
+    out: dict[str, dict[str, Any]] = {}
+    for doc in got.docs:
+        if doc.error is not None:  # e.g. its shard is still starting after a restart
+            raise StoreUnavailable(
+                f"OpenSearch could not read {doc.id}: {doc.error}", cause="store-shard"
+            )
+        if doc.found and doc.source is not None:
+            source = doc.source
+            out[doc.id] = {
+                "offset": source.offset,
+                "version": source.version,
+                "document": source.document,
+            }
+    return out
 
 
 def _json_str(value: str) -> bytes:
