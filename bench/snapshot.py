@@ -39,7 +39,7 @@ from bench.common import (
 from content_sync.retry import RetryPolicy
 from content_sync.settings import OpenSearchSettings
 from content_sync.snapshot import content_source
-from content_sync.store import CONTENT_MAPPING, Store
+from content_sync.store import CONTENT_MAPPING, BulkOp, Store
 from content_sync.testing.model import FeedModel
 from content_sync.testing.server import FeedServer
 
@@ -54,7 +54,7 @@ def build_bodies(
     archive: Path, index: str, out: Path, store: Store
 ) -> tuple[list[tuple[int, int]], int, int]:
     """Write the product's bulk bodies for `archive` to `out`; return their spans, docs, bytes."""
-    ops = (
+    ops: Iterator[BulkOp] = (
         ("index", d["name"], content_source(d["offset"], d["version"], d["payload"]), d["offset"])
         for d in snapshot_lines(archive)
     )
