@@ -13,7 +13,12 @@ from content_sync.events import Events, current_feed
 from content_sync.feed import FeedClient
 from content_sync.notify import Notifier
 from content_sync.retry import RetryPolicy
-from content_sync.settings import Settings, public_url, unverified_endpoints
+from content_sync.settings import (
+    Settings,
+    plaintext_credentials,
+    public_url,
+    unverified_endpoints,
+)
 from content_sync.store import Store, make_client
 from content_sync.sync import FeedSync
 
@@ -41,6 +46,15 @@ class Runtime:
                 urls,
                 key.replace("verify_certs", "ca_certs"),
             )
+        for what, secret, key, urls in plaintext_credentials(self.settings):
+            log.warning(
+                "the credentials for %s (%s) travel unencrypted: %s uses plain HTTP (%s); "
+                "use https://",
+                what,
+                secret,
+                key,
+                urls,
+            )
         events = self.events
         retry = RetryPolicy.from_settings(self.settings.retry)
         if self.quick:
@@ -52,6 +66,8 @@ class Runtime:
         )
         self.store.lease_ttl = self.settings.sync.lease_ttl
         self.notifier = Notifier(self.settings.command_manager, self.retry)
+        # Feeds whose refresh interval was checked for a dead catch-up's leftover (sync.py).
+        self.refresh_checked: set[str] = set()
 
     def check_store(self) -> None:
         """One quick request: raises StoreUnavailable naming the hosts when OpenSearch is not
@@ -80,6 +96,7 @@ class Runtime:
             notifier=self.notifier,
             events=self.events,
             stop=self.stop,
+            refresh_checked=self.refresh_checked,
         )
 
     def close(self) -> None:

@@ -7,6 +7,7 @@ Unknown keys, wrong types and impossible values are rejected with the key's path
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import ssl
@@ -43,6 +44,7 @@ __all__ = [
     "SyncSettings",
     "load_settings",
     "parse_duration",
+    "plaintext_credentials",
     "public_url",
     "tls_verify",
     "unverified_endpoints",
@@ -398,6 +400,49 @@ def unverified_endpoints(settings: Settings) -> list[tuple[str, str, str]]:
         tls = [public_url(u) for u in urls if urlsplit(u).scheme == "https"]
         if not verify and tls:
             out.append((what, key, ", ".join(tls)))
+    return out
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def plaintext_credentials(settings: Settings) -> list[tuple[str, str, str, str]]:
+    """(what, credential settings, URL setting, URLs) of each endpoint given credentials over
+    plain HTTP off loopback. Names settings only, never values. The CTI API takes no
+    credentials (they are refused in cti.base_url), so it is never one of them."""
+    os_, cm = settings.opensearch, settings.command_manager
+    endpoints: list[tuple[str, str, OpenSearchSettings | CommandManagerSettings, str, list[str]]]
+    endpoints = [("OpenSearch", "opensearch", os_, "hosts", os_.hosts)]
+    if cm.enabled:
+        endpoints.append(("the Command Manager", "command_manager", cm, "url", [cm.url]))
+    out = []
+    for what, section, creds, key, urls in endpoints:
+        # Sent (as basic auth) only with both a user and a password: store.py, notify.py.
+        if not creds.username or (creds.password is None and creds.password_file is None):
+            continue
+        # A host without a scheme is plain HTTP to opensearch-py.
+        full = [urlsplit(u if "://" in u else f"http://{u}") for u in urls]
+        plain = [
+            public_url(u.geturl())
+            for u in full
+            if u.scheme == "http" and not _loopback(u.hostname or "")
+        ]
+        if plain:
+            secret = "password" if creds.password is not None else "password_file"
+            out.append(
+                (
+                    what,
+                    f"{section}.username, {section}.{secret}",
+                    f"{section}.{key}",
+                    ", ".join(plain),
+                )
+            )
     return out
 
 

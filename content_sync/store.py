@@ -369,6 +369,21 @@ class Store:
             lambda: self.client.indices.put_settings(index=index, body=body),
         )
 
+    def refresh_intervals(self, alias: str) -> dict[str, str | None]:
+        """index -> its own refresh interval (None: the default) of the indices behind `alias`;
+        empty when the alias does not exist. One try: callers read it again on a later cycle."""
+        with _translated(f"reading the refresh interval of {alias}"):
+            try:
+                got = self.client.indices.get_settings(
+                    index=alias, name="index.refresh_interval", flat_settings=True
+                )
+            except opensearchpy.NotFoundError:
+                return {}
+        return {
+            index: body.get("settings", {}).get("index.refresh_interval")
+            for index, body in got.items()
+        }
+
     def refresh(self, index: str) -> None:
         self._call(f"refreshing {index}", lambda: self.client.indices.refresh(index=index))
 

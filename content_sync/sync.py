@@ -57,6 +57,23 @@ __all__ = ["CycleResult", "FeedSync", "Plan", "Stopped"]
 log = logging.getLogger(__name__)
 
 CATCH_UP_REFRESH = "30s"  # the content index's refresh interval while windows are written
+# Physical indices a catch-up in this process is writing at CATCH_UP_REFRESH right now: their
+# slow refresh is ours, not left by a catch-up that died.
+_slowed: set[str] = set()
+_slowed_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _slowing(index: str) -> Iterator[None]:
+    with _slowed_lock:
+        _slowed.add(index)
+    try:
+        yield
+    finally:
+        with _slowed_lock:
+            _slowed.discard(index)
+
+
 SnapshotReason = Literal[
     "first-run", "manual", "feed-rebuilt", "invalid-copy", "far-behind", "drift"
 ]
@@ -220,6 +237,7 @@ class FeedSync:
         events: Events | None = None,
         stop: threading.Event | None = None,
         owner: str | None = None,
+        refresh_checked: set[str] | None = None,
     ) -> None:
         self.settings = settings
         self.feed = feed
@@ -236,6 +254,9 @@ class FeedSync:
             else None
         )
         self._lease_lost = threading.Event()
+        # Aliases whose refresh interval was checked for a dead catch-up's leftover. The Runtime
+        # shares one set among its FeedSyncs (the service makes one per cycle): once per process.
+        self._refresh_checked = set() if refresh_checked is None else refresh_checked
         # Set by the service: decides the next run after this cycle (ISO time), for the state.
         self.next_run: Callable[[CycleResult], str | None] | None = None
 
@@ -268,12 +289,17 @@ class FeedSync:
             info = self.client.consumer(feed.context, feed.consumer)
             result.remote = state.remote_offset = info.last_offset
             reason = self._snapshot_reason(state, info, resync=resync)
-            # In sync: no further request but the final state write.
+            # In sync: no further request but the final state write (and, in the process's first
+            # cycle, one read of the refresh interval).
             killed = state.status == "running"  # the last cycle died: clean up after it
-            if reason is not None or state.local_offset != info.last_offset or killed:
+            stale = self._stale_refresh()
+            behind = state.local_offset != info.last_offset
+            if reason is not None or behind or killed or stale is not None:
                 state.status, state.lease_owner = "running", self.owner
                 self.store.save_state(feed.state_id, state)  # takes the lease, or conflicts
                 with self._lease_kept(state):
+                    if stale is not None:
+                        self._restore_refresh(stale)
                     remove_leftovers(self.store, feed.index, self.settings.sync.temp_dir)
                     if reason is None and self.store.alias_target(feed.index) is None:
                         reason = "invalid-copy"  # the alias vanished: the offset means nothing
@@ -335,6 +361,53 @@ class FeedSync:
         finally:
             done.set()
             thread.join()
+
+    def _stale_refresh(self) -> str | None:
+        """The live index, when a catch-up that died (SIGKILL, host restart) left it refreshing
+        at CATCH_UP_REFRESH; checked once per process, with one read through the alias.
+
+        Best effort: if the read fails, the next cycle checks again.
+        """
+        alias = self.feed.index
+        if alias in self._refresh_checked:
+            return None
+        try:
+            intervals = self.store.refresh_intervals(alias)
+        except ContentSyncError as exc:
+            log.debug("feed %s: could not read the refresh interval: %s", self.feed.name, exc)
+            return None
+        with _slowed_lock:
+            stale = [
+                index
+                for index, interval in intervals.items()
+                if interval == CATCH_UP_REFRESH and index not in _slowed
+            ]
+        if not stale:
+            self._refresh_checked.add(alias)
+            return None
+        return str(stale[0])
+
+    def _restore_refresh(self, index: str) -> None:
+        """Back to the default refresh interval; under the lease, so no live catch-up is running
+        in another process either."""
+        with _slowed_lock:
+            if index in _slowed:  # a catch-up in this process started since: it restores it
+                return
+        try:
+            self.store.set_refresh_interval(index, None)
+        except ContentSyncError as exc:
+            log.warning(
+                "feed %s: could not restore refreshes of %s: %s", self.feed.name, index, exc
+            )
+            return
+        self._refresh_checked.add(self.feed.index)
+        log.warning(
+            "feed %s: index %s was left refreshing every %s by an interrupted catch-up; "
+            "restored the default refresh interval",
+            self.feed.name,
+            index,
+            CATCH_UP_REFRESH,
+        )
 
     def _snapshot_reason(
         self, state: FeedState, info: ConsumerInfo, *, resync: bool
@@ -639,26 +712,32 @@ class FeedSync:
         A refresh a second turns each window into small segments that are then merged again: a
         fifth of the node's work in a long catch-up. Readers still see changes within
         CATCH_UP_REFRESH, and all of them once the windows are done, before the state says
-        `ready`. A crash leaves the slower interval until the next catch-up restores it.
+        `ready`. A crash leaves the slower interval; the next process's first cycle restores it
+        (_stale_refresh), and so does this process's next cycle if the restore below fails.
         """
         if not slow:
             yield
             return
-        self.store.set_refresh_interval(index, CATCH_UP_REFRESH)
-        ok = False
-        try:
-            yield
-            ok = True
-        finally:
+        with _slowing(index):
+            self.store.set_refresh_interval(index, CATCH_UP_REFRESH)
+            ok = False
             try:
-                self.store.set_refresh_interval(index, None)
-                self.store.refresh(index)
-            except ContentSyncError as exc:
-                if ok:
-                    raise
-                log.warning(
-                    "feed %s: could not restore refreshes of %s: %s", self.feed.name, index, exc
-                )
+                yield
+                ok = True
+            finally:
+                try:
+                    self.store.set_refresh_interval(index, None)
+                    self.store.refresh(index)
+                except ContentSyncError as exc:
+                    self._refresh_checked.discard(self.feed.index)  # the next cycle checks again
+                    if ok:
+                        raise
+                    log.warning(
+                        "feed %s: could not restore refreshes of %s: %s",
+                        self.feed.name,
+                        index,
+                        exc,
+                    )
 
     def _pipeline(
         self,

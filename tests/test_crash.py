@@ -13,6 +13,8 @@ window's state write and both sides of the notification. After every kill:
   head, `ready`, no lease, no pending command, the index behind the alias;
 - exactly one physical index of the alias exists (the alias target), the temp dir is empty, and
   the Command Manager stand-in received the command for the head offset;
+- the index refreshes at the default interval again (a catch-up killed after its last window
+  leaves CATCH_UP_REFRESH, and the re-run has no window to write);
 - a reader polling the alias `_count` throughout never saw a partial index: for a first run the
   alias is absent or holds at least the snapshot's documents; otherwise never fewer than before.
   (Changes are appended without deletes, so the true count never falls at a window boundary.)
@@ -132,6 +134,13 @@ def alias_target(client: OpenSearch, alias: str) -> str | None:
         return None
     assert len(targets) == 1, targets
     return targets[0]
+
+
+def refresh_interval(client: OpenSearch, alias: str) -> str | None:
+    got = client.indices.get_settings(index=alias, name="index.refresh_interval")
+    # An index without the setting (the cluster default) is left out of the answer.
+    values = [v["settings"]["index"]["refresh_interval"] for v in got.values()]
+    return values[0] if values else None
 
 
 def commanded_offsets(server: FeedServer, alias: str, since: int = 0) -> list[int]:
@@ -342,6 +351,8 @@ def crash_and_recover(
     assert state["lease_owner"] is None and state["pending_command"] is None, f"{where}: {state}"
     assert state["index"] == target, f"{where}: state names {state['index']}, alias has {target}"
     assert physical_indices(client, alias) == [target], f"{where}: an index was left behind"
+    interval = refresh_interval(client, alias)
+    assert interval is None, f"{where}: the index still refreshes every {interval}"
     assert sorted(p.name for p in bench.temp.iterdir()) == [], f"{where}: temp files left"
     assert head in commanded_offsets(server, alias, since), (
         f"{where}: the Command Manager never heard of offset {head}: "

@@ -12,16 +12,20 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import signal
 import subprocess
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 from opensearchpy import OpenSearch
 
 from content_sync.cli import main
+from content_sync.runtime import Runtime
+from content_sync.settings import Settings
 from content_sync.testing.model import FeedModel
 from content_sync.testing.server import FeedServer
 from tests.helpers import FEED, assert_matches_truth, clean_env, settings_dict, wait_for
@@ -290,3 +294,59 @@ def test_unreadable_password_file_is_a_settings_error(
     assert f"command_manager.password_file: cannot read {missing}" in done.stderr
     assert "Traceback" not in done.stderr
     TALLY["hostile inputs tried"] += 1
+
+
+def test_credentials_over_plain_http_are_warned_about_without_the_password(
+    caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    """Basic auth over http:// off loopback: one warning per endpoint at start, naming the
+    settings, never the secret. None over https, on loopback, or where nothing is sent."""
+    cm_url = "http://wazuh.example.net:55000/_plugins/_command_manager/commands"
+    os_auth = {"username": OS_USER, "password": OS_SECRET}
+    cm_auth = {"username": CM_USER, "password": CM_SECRET}
+
+    def start(opensearch: dict[str, Any], command_manager: dict[str, Any]) -> list[str]:
+        """The warnings about unencrypted credentials of one start (no request is made)."""
+        settings = Settings.model_validate(
+            {
+                "feeds": [{"name": FEED, "context": "c", "consumer": "k", "index": "cve"}],
+                "cti": {"base_url": "http://cti.example.net/api/v1"},  # takes no credentials
+                "opensearch": opensearch,
+                "command_manager": {"url": cm_url, **command_manager},
+            }
+        )
+        caplog.clear()
+        with caplog.at_level(logging.DEBUG), Runtime(settings):
+            pass
+        assert_no_secret("start-up log", caplog.text)
+        return [r.getMessage() for r in caplog.records if "unencrypted" in r.getMessage()]
+
+    hosts = ["https://10.0.0.5:9200", "http://10.0.0.6:9200", "10.0.0.7:9200"]
+    opensearch, command_manager = start({"hosts": hosts, **os_auth}, cm_auth)
+    assert "opensearch.username, opensearch.password" in opensearch
+    assert "opensearch.hosts uses plain HTTP (http://10.0.0.6:9200, http://10.0.0.7:9200)" in (
+        opensearch
+    )
+    assert "command_manager.username, command_manager.password" in command_manager
+    assert "command_manager.url uses plain HTTP (http://wazuh.example.net:55000/" in (
+        command_manager
+    )
+    # The credential setting named is the one in use.
+    secret_file = tmp_path / "os.password"
+    secret_file.write_text(OS_SECRET + "\n", encoding="utf-8")
+    file_auth = {"username": OS_USER, "password_file": str(secret_file)}
+    (opensearch,) = start({"hosts": ["http://opensearch.lan:9200"], **file_auth}, {})
+    assert "opensearch.username, opensearch.password_file" in opensearch
+
+    quiet: list[tuple[dict[str, Any], dict[str, Any]]] = [
+        ({"hosts": ["https://10.0.0.5:9200"], **os_auth}, {"url": "https://wazuh:55000/c"}),
+        (
+            {"hosts": ["http://127.0.0.1:9200", "http://localhost:9200", "http://[::1]:9200"]},
+            {"url": "http://127.0.0.1:55000/c", **cm_auth},
+        ),
+        ({"hosts": ["http://10.0.0.6:9200"], "username": OS_USER}, {}),  # no password
+        ({"hosts": ["http://10.0.0.6:9200"], "username": None, "password": OS_SECRET}, {}),
+        ({"hosts": ["https://10.0.0.5:9200"]}, {"enabled": False, **cm_auth}),  # sends nothing
+    ]
+    for opensearch_section, cm_section in quiet:
+        assert start(opensearch_section, cm_section) == [], (opensearch_section, cm_section)
