@@ -54,6 +54,16 @@ class ArchiveKeeper:
         tmp.replace(meta_path)
         return True
 
+    def discard(self, state_id: str) -> None:
+        """After a failed keep: remove an archive left without its meta file (a partial copy),
+        best effort. A complete pair (the failure came before it was touched) stays usable."""
+        zip_path, meta_path = self._paths(state_id)
+        if meta_path.exists():
+            return
+        for path in (zip_path, meta_path.with_suffix(".tmp")):
+            with contextlib.suppress(OSError):
+                path.unlink(missing_ok=True)
+
     def latest(self, state_id: str) -> KeptArchive | None:
         zip_path, meta_path = self._paths(state_id)
         with contextlib.suppress(OSError, ValueError, KeyError, TypeError):

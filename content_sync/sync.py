@@ -507,7 +507,7 @@ class FeedSync:
                 self._check_stop()
                 loaded = self._load(archive, offset)
             if self.keeper is not None and source == "feed":
-                self.keeper.keep(feed.state_id, archive, offset=offset, link=link)
+                self._keep(archive, offset, link)
         finally:
             archive.unlink(missing_ok=True)
         result.documents += loaded.documents
@@ -524,6 +524,21 @@ class FeedSync:
             raise FeedError(
                 f"feed {feed.name}: restored the kept archive at offset {offset}; the feed's "
                 f"snapshot could not be downloaded, so the content is older than the feed's"
+            )
+
+    def _keep(self, archive: Path, offset: int, link: str | None) -> None:
+        """Keep the archive that just initialised the feed. The content is live by now: a full
+        disk or a bad keep_archive_dir costs the fallback copy, never this cycle's result."""
+        assert self.keeper is not None
+        try:
+            self.keeper.keep(self.feed.state_id, archive, offset=offset, link=link)
+        except OSError as exc:
+            self.keeper.discard(self.feed.state_id)
+            log.warning(
+                "feed %s: could not keep the snapshot archive in %s: %s",
+                self.feed.name,
+                self.keeper.directory,
+                exc,
             )
 
     def _download_and_load(self, link: str, offset: int) -> tuple[Path, LoadResult]:

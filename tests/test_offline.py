@@ -201,3 +201,37 @@ def test_kept_archive_restores_content_when_the_feed_cannot_serve_a_snapshot(
         assert again.outcome == "ok", again.error
         assert_matches_truth(os_client, alias, model, head)
         assert state_of(rt).content_source == "feed"
+
+
+def test_an_archive_that_cannot_be_kept_costs_the_copy_not_the_cycle(
+    feed_server: FeedServer,
+    opensearch_url: str,
+    prefix: str,
+    tmp_path: Path,
+    os_client: OpenSearch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A full disk or an unusable keep_archive_dir once the content is live: a warning, and the
+    initialisation is recorded as the success it is."""
+    model = feed_server.model
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the keep directory should be")
+    settings = Settings.model_validate(
+        settings_dict(
+            feed_server,
+            opensearch_url,
+            prefix,
+            tmp_path,
+            sync={"keep_archive": True, "keep_archive_dir": str(blocker / "keep")},
+        )
+    )
+    with Runtime(settings) as rt:
+        result = rt.feed_sync(FEED).run_cycle()
+        assert result.outcome == "ok", result.error
+        state = state_of(rt)
+        assert (state.local_offset, state.status) == (model.snapshot_offset, "ready")
+        assert state.last_error is None
+        assert_matches_truth(os_client, f"{prefix}-cve", model, model.snapshot_offset)
+    assert any("could not keep the snapshot archive" in r.getMessage() for r in caplog.records)
+    # The downloaded archive was removed all the same (the feed's own snapshots live in feed/).
+    assert not [p for p in tmp_path.rglob("*.zip") if "feed" not in p.relative_to(tmp_path).parts]
