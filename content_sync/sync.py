@@ -816,7 +816,8 @@ class FeedSync:
         feed = self.feed
         with feed_context(feed.name):
             if ops:
-                self.store.write(index, ops, concurrency=self.settings.opensearch.bulk_concurrency)
+                concurrency = self.settings.opensearch.bulk_concurrency
+                self.store.write(index, ops, concurrency=concurrency, spread=True)
             failpoints.hit("window-written")
             state.local_offset = state.pending_command = high  # announced even after a crash
             self.store.save_state(feed.state_id, state)

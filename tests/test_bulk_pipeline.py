@@ -44,3 +44,33 @@ def test_a_slow_request_does_not_stop_the_others() -> None:
     slow.set()
     writer.join(10)
     assert count == 20, f"{count} of 20 chunks sent while one request was slow"
+
+
+def _chunk_sizes(ops: list[BulkOp], **write: Any) -> list[int]:
+    store = Store(
+        OpenSearch(["http://127.0.0.1:9"]),
+        OpenSearchSettings(hosts=["http://127.0.0.1:9"], bulk_docs=1000),
+        RetryPolicy(),
+    )
+    sizes: list[int] = []
+    lock = threading.Lock()
+
+    def send(chunk: list[tuple[bytes, bytes | None]], stats: Any) -> None:
+        with lock:
+            sizes.append(len(chunk))
+
+    store._send = send  # type: ignore[method-assign]
+    store.write("i", ops, **write)
+    return sorted(sizes, reverse=True)
+
+
+def test_a_window_is_spread_over_the_requests_in_flight() -> None:
+    """The node indexes one request on one thread: a window's results go out as `concurrency`
+    even requests, so that a single window keeps that many of its threads busy."""
+    window: list[BulkOp] = [("index", f"d{i}", b'{"n":%d}' % i, 1) for i in range(641)]
+    assert _chunk_sizes(window, concurrency=2, spread=True) == [321, 320]
+    assert _chunk_sizes(window, concurrency=3, spread=True) == [214, 214, 213]
+    assert _chunk_sizes(window, concurrency=1, spread=True) == [641]
+    # A stream (a snapshot) is cut at the bounds only: chunks as large as they may be.
+    assert _chunk_sizes(window, concurrency=2) == [641]
+    assert _chunk_sizes(window * 2, concurrency=2) == [1000, 282]
