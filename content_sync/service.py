@@ -203,6 +203,10 @@ class Service:
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
         self.start(resync=resync)
-        self.runtime.stop.wait()
+        # A timed wait: the kernel may deliver the signal to any thread, and Python runs the
+        # handler only when the main thread executes bytecode, which an untimed wait never lets
+        # it do (the service then ignored SIGTERM during a busy catch-up).
+        while not self.runtime.stop.wait(0.5):
+            pass
         self.stop()
         log.info("stopped")
