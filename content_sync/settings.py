@@ -42,6 +42,7 @@ __all__ = [
     "ScheduleSettings",
     "Settings",
     "SyncSettings",
+    "is_loopback",
     "load_settings",
     "parse_duration",
     "plaintext_credentials",
@@ -403,7 +404,8 @@ def unverified_endpoints(settings: Settings) -> list[tuple[str, str, str]]:
     return out
 
 
-def _loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """localhost or a loopback address (127.0.0.0/8, ::1)."""
     if host == "localhost":
         return True
     try:
@@ -431,7 +433,7 @@ def plaintext_credentials(settings: Settings) -> list[tuple[str, str, str, str]]
         plain = [
             public_url(u.geturl())
             for u in full
-            if u.scheme == "http" and not _loopback(u.hostname or "")
+            if u.scheme == "http" and not is_loopback(u.hostname or "")
         ]
         if plain:
             secret = "password" if creds.password is not None else "password_file"

@@ -8,7 +8,6 @@ loopback address it needs nothing; bound elsewhere it demands `Authorization: Be
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import json
 import logging
 import threading
@@ -18,7 +17,7 @@ from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
 from content_sync.metrics import Metrics
-from content_sync.settings import HttpSettings
+from content_sync.settings import HttpSettings, is_loopback
 
 __all__ = ["HttpServer", "TriggerResult"]
 
@@ -28,21 +27,12 @@ TriggerResult = Literal["queued", "running", "unknown"]
 Trigger = Callable[[str, bool], TriggerResult]
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 class HttpServer:
     def __init__(self, settings: HttpSettings, metrics: Metrics, trigger: Trigger) -> None:
         self.settings = settings
         self.metrics = metrics
         self.trigger = trigger
-        self.needs_token = not _is_loopback(settings.host)
+        self.needs_token = not is_loopback(settings.host)
         if self.needs_token and settings.token is None:
             log.warning(
                 "http.host %s is not loopback and http.token is not set: the trigger is refused",
