@@ -9,9 +9,15 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 from opensearchpy import OpenSearch
+
+from content_sync.runtime import Runtime
+from content_sync.testing.server import FeedServer
+from tests.helpers import make_settings
 
 pytest_plugins = ["content_sync.testing.fixtures"]
 
@@ -56,6 +62,26 @@ def prefix(os_client: OpenSearch) -> Iterator[str]:
     name = f"t-{uuid.uuid4().hex[:10]}"
     yield name
     os_client.indices.delete(index=f"{name}*", ignore_unavailable=True, expand_wildcards="all")
+
+
+@pytest.fixture
+def runtime_factory(
+    feed_server: FeedServer, opensearch_url: str, prefix: str, tmp_path: Path
+) -> Iterator[Any]:
+    """make(**sections) -> a Runtime on this test's feed and prefix, closed at the end."""
+    made: list[Runtime] = []
+
+    def make(**sections: Any) -> Runtime:
+        rt = Runtime(
+            make_settings(feed_server, opensearch_url, prefix, tmp_path / "tmp", **sections)
+        )
+        made.append(rt)
+        return rt
+
+    (tmp_path / "tmp").mkdir()
+    yield make
+    for rt in made:
+        rt.close()
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -5,8 +5,6 @@ nothing to do, and later cycles of that process pay no request for the check."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,26 +14,7 @@ from content_sync.events import Events
 from content_sync.runtime import Runtime
 from content_sync.sync import CATCH_UP_REFRESH
 from content_sync.testing.server import FeedServer
-from tests.helpers import FEED, assert_matches_truth, indexed, make_settings, state_of
-
-
-@pytest.fixture
-def runtime_factory(
-    feed_server: FeedServer, opensearch_url: str, prefix: str, tmp_path: Path
-) -> Iterator[Any]:
-    made: list[Runtime] = []
-
-    def make(**sections: Any) -> Runtime:
-        rt = Runtime(
-            make_settings(feed_server, opensearch_url, prefix, tmp_path / "tmp", **sections)
-        )
-        made.append(rt)
-        return rt
-
-    (tmp_path / "tmp").mkdir()
-    yield make
-    for rt in made:
-        rt.close()
+from tests.helpers import FEED, assert_matches_truth, indexed, state_of
 
 
 def refresh_interval(client: OpenSearch, alias: str) -> str | None:

@@ -4,7 +4,6 @@ fallback, notification. Every test ends by comparing every document with the fee
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,30 +11,10 @@ import pytest
 from opensearchpy import OpenSearch
 
 from content_sync.events import Events
-from content_sync.runtime import Runtime
 from content_sync.store import Store
 from content_sync.sync import CATCH_UP_REFRESH
 from content_sync.testing.server import FeedServer
-from tests.helpers import FEED, assert_matches_truth, make_settings, state_of
-
-
-@pytest.fixture
-def runtime_factory(
-    feed_server: FeedServer, opensearch_url: str, prefix: str, tmp_path: Path
-) -> Iterator[Any]:
-    made: list[Runtime] = []
-
-    def make(**sections: Any) -> Runtime:
-        rt = Runtime(
-            make_settings(feed_server, opensearch_url, prefix, tmp_path / "tmp", **sections)
-        )
-        made.append(rt)
-        return rt
-
-    (tmp_path / "tmp").mkdir()
-    yield make
-    for rt in made:
-        rt.close()
+from tests.helpers import FEED, assert_matches_truth, state_of
 
 
 def expected_command(alias: str, offset: int) -> dict[str, Any]:
