@@ -16,8 +16,9 @@ the first tens of seconds, and whichever ran first would pay for it (measured: 0
 CPU a change for the product on a fresh node, 0.29 on a warm one).
 
 Rounds (--rounds, default 2) alternate which of the two goes first, each run on its own copy of
-the same starting index; the best of each is compared, as bench/snapshot.py does. Identical
-runs of the baseline ranged 197-262 changes/s on this machine, of the product 4,150-4,690.
+the same starting index, and each timed run waits for a quiet node first (a catch-up leaves
+merges behind that slowed the run after it); the best of each is compared, as
+bench/snapshot.py does. Identical runs of the baseline had ranged 197-324 changes/s.
 
 Usage: python bench/changes.py [--resources 50000] [--changes 100000] [--baseline 10000]
                                [--warmup 10000] [--rounds 2]
@@ -46,6 +47,7 @@ from bench.common import (
     opensearch_url,
     run_product,
     save,
+    settle,
     table,
     write_settings,
 )
@@ -134,6 +136,7 @@ def restore(os_client: OpenSearch, pristine: str, target: str, alias: str | None
 
 
 def timed_product(config: Path, url: str, changes: int) -> Run:
+    settle(url)
     node_before = node_cpu_seconds(url)
     seconds, rss, cpu = run_product(config, "sync")
     node_cpu = node_cpu_seconds(url) - node_before
@@ -145,6 +148,7 @@ def timed_baseline(
 ) -> Run:
     run_baseline(os_client, feed, model, index, start, BASELINE_WARMUP)
     url = opensearch_url()
+    settle(url)
     node_before, cpu_before = node_cpu_seconds(url), time.process_time()
     run = run_baseline(os_client, feed, model, index, start + BASELINE_WARMUP, count)
     # The client's CPU includes the in-process feed server's (small: its answers are prerendered).

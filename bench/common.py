@@ -91,6 +91,21 @@ def node_cpu_seconds(url: str) -> float:
     return float(node["process"]["cpu"]["total_in_millis"]) / 1000
 
 
+def settle(url: str, *, idle: float = 0.1, limit: float = 90.0) -> float:
+    """Wait until the node is quiet: less than `idle` of a core busy over a second (merges and
+    refreshes a run leaves behind would otherwise slow whichever run comes next). Returns the
+    seconds waited; gives up after `limit`."""
+    started = time.perf_counter()
+    before = node_cpu_seconds(url)
+    while time.perf_counter() - started < limit:
+        time.sleep(1.0)
+        now = node_cpu_seconds(url)
+        if now - before < idle:
+            break
+        before = now
+    return time.perf_counter() - started
+
+
 def run_product(config: Path, *args: str) -> tuple[float, float, float]:
     """Run the real console script; return (wall seconds, peak RSS MB, CPU seconds) of it. The
     peak is the process's own (procmem): wait4's ru_maxrss would include this benchmark's size

@@ -33,6 +33,7 @@ from bench.common import (
     opensearch_url,
     run_product,
     save,
+    settle,
     table,
     write_settings,
 )
@@ -98,6 +99,7 @@ def run_limit(
         assert not result.get("errors"), "limit run: bulk errors"
 
     url = settings.hosts[0]
+    settle(url)
     node0, cpu0, started = node_cpu_seconds(url), time.process_time(), time.perf_counter()
     with ThreadPoolExecutor(max_workers=settings.bulk_concurrency) as pool:
         list(pool.map(post, spans))
@@ -147,6 +149,7 @@ def run_product_once(
     os_client = client(url)
     own = f"{prefix}-r{rnd}"
     config = write_settings(work / f"settings-{rnd}.yaml", server, url, own)
+    settle(url)
     node0 = node_cpu_seconds(url)
     seconds, rss, cpu = run_product(config, "sync")
     node = node_cpu_seconds(url) - node0
