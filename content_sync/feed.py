@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ import httpx
 import msgspec
 import orjson
 
-from content_sync import __version__, failpoints
+from content_sync import __version__, failpoints, tempfiles
 from content_sync.errors import (
     BadFeedAnswer,
     DisallowedHost,
@@ -238,12 +237,8 @@ class FeedClient:
         parts = urlsplit(link)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise BadFeedAnswer(f"snapshot link {link!r} is not an http(s) URL")
-        remove_stale_downloads(temp_dir)
-        # Named after this process (0600), so a later run can tell a dead process's file.
-        fd, name = tempfile.mkstemp(
-            prefix=f"content-sync-{os.getpid()}-", suffix=".zip", dir=temp_dir
-        )
-        path = Path(name)
+        tempfiles.remove_stale(temp_dir)
+        fd, path = tempfiles.create(temp_dir)  # 0600, locked while this process keeps it
         if growing is not None:
             growing.created(path)
         try:
@@ -254,7 +249,7 @@ class FeedClient:
         except BaseException:
             if growing is not None:
                 growing.finish(failed=True)
-            path.unlink(missing_ok=True)
+            tempfiles.discard(path)
             raise
         if growing is not None:
             growing.finish(failed=False)
@@ -328,22 +323,6 @@ class FeedClient:
         except (httpx.TooManyRedirects, httpx.DecodingError) as exc:
             raise BadFeedAnswer(f"snapshot {link}: {_describe(exc)}") from None
         out.flush()
-
-
-def remove_stale_downloads(temp_dir: Path | None) -> None:
-    """Delete archives whose process died before it could (SIGKILL, power cut); never a live
-    process's: the file name carries the pid of its owner."""
-    for path in Path(temp_dir or tempfile.gettempdir()).glob("content-sync-*-*.zip"):
-        pid = path.name.split("-")[2]
-        if not pid.isdigit():
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            log.info("removing %s, left by process %s, which is gone", path, pid)
-            path.unlink(missing_ok=True)
-        except OSError:  # alive, but not ours to signal
-            pass
 
 
 def _expected_total(response: httpx.Response, have: int, link: str) -> int | None:

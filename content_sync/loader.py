@@ -16,9 +16,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from content_sync import failpoints
+from content_sync import failpoints, tempfiles
 from content_sync.errors import ContentSyncError, SnapshotError, Stopped
-from content_sync.feed import remove_stale_downloads
 from content_sync.growing import GrowingFile
 from content_sync.settings import SyncSettings
 from content_sync.snapshot import SnapshotReader
@@ -50,7 +49,7 @@ def remove_leftovers(store: Store, alias: str, temp_dir: Path | None) -> None:
     """What a killed cycle may have left: half-built indices of `alias`, downloaded archives.
     Call it holding the feed's lease: no live load of this alias is then in progress."""
     remove_orphans(store, alias)
-    remove_stale_downloads(temp_dir)
+    tempfiles.remove_stale(temp_dir)
 
 
 def load_archive(

@@ -20,7 +20,6 @@ import logging
 import os
 import shutil
 import socket
-import tempfile
 import threading
 import time
 import uuid
@@ -31,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from content_sync import failpoints
+from content_sync import failpoints, tempfiles
 from content_sync.errors import (
     ContentSyncError,
     DriftError,
@@ -98,13 +97,17 @@ def _default_keep_dir() -> Path:
     return Path(os.environ.get("STATE_DIRECTORY") or "/var/lib/content-sync") / "archives"
 
 
-def _temp_copy_name(temp_dir: Path | None) -> str:
-    # Named like a download (with our pid), so a crash's leftover is removed like one.
-    fd, name = tempfile.mkstemp(
-        prefix=f"content-sync-{os.getpid()}-kept-", suffix=".zip", dir=temp_dir
-    )
-    os.close(fd)
-    return name
+def _temp_copy(kept: Path, temp_dir: Path | None) -> Path:
+    """A private copy of a kept archive, held like a download (a crash's leftover is removed
+    like one)."""
+    fd, path = tempfiles.create(temp_dir, "kept-")
+    try:
+        with os.fdopen(fd, "wb") as out, kept.open("rb") as source:
+            shutil.copyfileobj(source, out, 1 << 20)
+    except BaseException:
+        tempfiles.discard(path)
+        raise
+    return path
 
 
 def default_owner() -> str:
@@ -500,7 +503,7 @@ class FeedSync:
                 kept.offset,
                 info.last_offset,
             )
-            archive = Path(shutil.copy(kept.path, _temp_copy_name(sync.temp_dir)))
+            archive = _temp_copy(kept.path, sync.temp_dir)
             offset, link, source = kept.offset, kept.link, f"kept:{kept.path.name}"
         try:
             if loaded is None:
@@ -509,7 +512,7 @@ class FeedSync:
             if self.keeper is not None and source == "feed":
                 self._keep(archive, offset, link)
         finally:
-            archive.unlink(missing_ok=True)
+            tempfiles.discard(archive)
         result.documents += loaded.documents
         self.events.docs_written(feed.name, loaded.documents)
         state.local_offset = state.pending_command = offset  # announced even after a crash
@@ -564,7 +567,7 @@ class FeedSync:
         except BaseException:
             growing.abandon()
             with contextlib.suppress(BaseException):  # the load's error is the one to report
-                download.result().unlink(missing_ok=True)
+                tempfiles.discard(download.result())
             raise
         finally:
             pool.shutdown(wait=True)

@@ -1,0 +1,119 @@
+"""Temp archives: a leftover is a file no live process holds, whatever the pid in its name says
+(pids are per namespace: containers sharing a temp volume see each other's as dead, or as
+someone else's live process)."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from content_sync import tempfiles
+
+HOLD = (
+    "import fcntl, os, sys\n"
+    "fd = os.open(sys.argv[1], os.O_RDONLY)\n"
+    "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+    "print('held', flush=True)\n"
+    "sys.stdin.read()\n"
+)
+
+
+@contextmanager
+def held_elsewhere(path: Path) -> Iterator[subprocess.Popen[str]]:
+    """Another live process holding `path`'s lock, as create() does, until the block ends."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+        yield proc
+    finally:
+        if proc.stdin is not None:
+            proc.stdin.close()
+        proc.wait(timeout=10)
+
+
+def dead_pid() -> int:
+    pid = 4_000_000
+    while True:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return pid
+        except PermissionError:
+            pass
+        pid += 1
+
+
+def remove_stale_elsewhere(directory: Path) -> None:
+    code = "import sys; from pathlib import Path; from content_sync import tempfiles\n"
+    code += "tempfiles.remove_stale(Path(sys.argv[1]))\n"
+    subprocess.run([sys.executable, "-c", code, str(directory)], check=True, timeout=60)
+
+
+def test_a_live_holder_keeps_its_archive_even_when_its_pid_looks_dead(tmp_path: Path) -> None:
+    path = tmp_path / f"content-sync-{dead_pid()}-abc123.zip"  # as from another pid namespace
+    path.write_bytes(b"PK partial download")
+    with held_elsewhere(path):
+        tempfiles.remove_stale(tmp_path)
+        assert path.exists(), "a live process's download was deleted"
+    tempfiles.remove_stale(tmp_path)  # the holder is gone: now it is a leftover
+    assert not path.exists()
+
+
+def test_an_archive_nobody_holds_is_a_leftover_even_when_its_pid_is_alive(tmp_path: Path) -> None:
+    path = tmp_path / f"content-sync-{os.getppid()}-def456.zip"  # a pid reused by another process
+    path.write_bytes(b"PK left by a SIGKILL")
+    tempfiles.remove_stale(tmp_path)
+    assert not path.exists()
+
+
+def test_other_names_are_left_alone(tmp_path: Path) -> None:
+    names = [
+        "content-sync-export.zip",
+        "content-sync-abc-1.zip",
+        "other-1-2.zip",
+        "content-sync-1-x",
+    ]
+    for name in names:
+        (tmp_path / name).write_bytes(b"not ours")
+    tempfiles.remove_stale(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names)
+
+
+def test_created_archives_are_private_held_and_discarded(tmp_path: Path) -> None:
+    previous = os.umask(0)
+    try:
+        fd, path = tempfiles.create(tmp_path, "kept-")
+    finally:
+        os.umask(previous)
+    with os.fdopen(fd, "wb") as out:
+        out.write(b"PK")
+    assert path.name.startswith(f"content-sync-{os.getpid()}-kept-")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    remove_stale_elsewhere(tmp_path)  # another process: the lock says it is live
+    tempfiles.remove_stale(tmp_path)  # this one: it is its own
+    assert path.exists()
+    tempfiles.discard(path)
+    assert not path.exists()
+    assert path not in tempfiles._held  # the lock's descriptor is closed
+    tempfiles.discard(path)  # twice is harmless
+
+
+def test_a_discarded_archive_is_not_held_any_more(tmp_path: Path) -> None:
+    """discard() releases the lock, so nothing that outlives it (a copy under the same name
+    restored by hand, say) is mistaken for live."""
+    fd, path = tempfiles.create(tmp_path)
+    os.close(fd)
+    tempfiles.discard(path)
+    path.write_bytes(b"PK")
+    remove_stale_elsewhere(tmp_path)
+    assert not path.exists()
