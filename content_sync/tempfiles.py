@@ -28,11 +28,14 @@ _held: dict[Path, int] = {}  # archive -> the descriptor holding its lock
 _lock = threading.Lock()
 
 
-def _try_lock(fd: int) -> bool:
+def _try_lock(fd: int) -> bool | None:
+    """True: locked. False: another process holds it. None: this file system has no locks."""
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         return False
+    except OSError:  # ENOLCK, EOPNOTSUPP: some FUSE and old NFS mounts
+        return None
     return True
 
 
@@ -46,7 +49,8 @@ def create(temp_dir: Path | None, kind: str = "") -> tuple[int, Path]:
         held = os.open(name, os.O_RDONLY)
         # Between mkstemp and the lock, remove_stale() in another process may take the file for a
         # leftover: it then holds the lock, or has deleted the file. Either way, start again.
-        if _try_lock(held) and os.fstat(held).st_nlink > 0:
+        # Without locks at all, remove_stale() never deletes anything there: go on unlocked.
+        if _try_lock(held) is not False and os.fstat(held).st_nlink > 0:
             path = Path(name)
             with _lock:
                 _held[path] = held
@@ -77,8 +81,9 @@ def remove_stale(temp_dir: Path | None) -> None:
         except OSError:  # gone already, or another user's
             continue
         try:
-            # Still the file that was listed (not deleted by another process meanwhile).
-            if _try_lock(fd) and os.fstat(fd).st_nlink > 0:
+            # Still the file that was listed (not deleted by another process meanwhile). Where
+            # locks are unsupported nothing can be told: leave it.
+            if _try_lock(fd) is True and os.fstat(fd).st_nlink > 0:
                 log.info("removing %s, left by a process that is gone", path)
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()

@@ -4,6 +4,8 @@ someone else's live process)."""
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import stat
 import subprocess
@@ -11,6 +13,8 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+import pytest
 
 from content_sync import tempfiles
 
@@ -116,4 +120,23 @@ def test_a_discarded_archive_is_not_held_any_more(tmp_path: Path) -> None:
     tempfiles.discard(path)
     path.write_bytes(b"PK")
     remove_stale_elsewhere(tmp_path)
+    assert not path.exists()
+
+
+def test_without_locks_nothing_is_deleted_and_downloads_still_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file system without flock (some FUSE mounts): nothing can be told, so nothing goes."""
+
+    def no_locks(fd: int, operation: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    fd, path = tempfiles.create(tmp_path)
+    os.close(fd)
+    other = tmp_path / f"content-sync-{dead_pid()}-left.zip"
+    other.write_bytes(b"PK")
+    tempfiles.remove_stale(tmp_path)
+    assert path.exists() and other.exists()
+    tempfiles.discard(path)
     assert not path.exists()
