@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -237,8 +238,18 @@ class FeedClient:
         parts = urlsplit(link)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise BadFeedAnswer(f"snapshot link {link!r} is not an http(s) URL")
-        tempfiles.remove_stale(temp_dir)
-        fd, path = tempfiles.create(temp_dir)  # 0600, locked while this process keeps it
+        try:
+            tempfiles.remove_stale(temp_dir)
+            fd, path = tempfiles.create(temp_dir)  # 0600, held while this process keeps it
+        except BaseException as exc:
+            if growing is not None:
+                growing.finish(failed=True)  # a reader waiting for the file is told
+            if isinstance(exc, OSError):  # missing, read-only or full: the operator's to fix
+                where = temp_dir or tempfile.gettempdir()
+                raise SnapshotError(
+                    f"cannot create the download in {where} (sync.temp_dir): {exc}"
+                ) from None
+            raise
         if growing is not None:
             growing.created(path)
         try:

@@ -3,10 +3,15 @@
 Downloads live in `sync.temp_dir`, which several processes may share: two replicas, a manual
 `sync` beside the service, containers with a shared volume. Each process holds an exclusive
 flock on every archive it keeps, from creation until it deletes it; the kernel drops the lock
-when the process dies (SIGKILL, OOM kill, power cut aside), so a file nobody holds a lock on is a
-leftover. Unlike the pid in the name (still there, for people), the lock means the same in every
-pid namespace: a pid from another container may be alive here, or not, by coincidence. Over
-NFS, Linux turns flock into a POSIX lock that the server arbitrates.
+when the process dies (SIGKILL, OOM kill), so a file nobody holds a lock on is a leftover.
+Unlike the pid in the name (still there, for people), the lock means the same in every pid
+namespace: a pid from another container may be alive here, or not, by coincidence.
+
+Locks belong to the open file description (locally, and in Linux's NFS emulation of flock, which
+needs the file open for writing): the lock is taken on a duplicate of the descriptor the archive
+is written through, so closing that one keeps it. Where the file system refuses locks, the
+archive is renamed out of the pattern below: nothing can tell whether it is live, so it is never
+removed as a leftover (a warning says so).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import stat
 import tempfile
 import threading
 from pathlib import Path
@@ -26,6 +32,7 @@ log = logging.getLogger(__name__)
 PATTERN = "content-sync-*-*.zip"  # content-sync-<pid>-<kind><random>.zip
 _held: dict[Path, int] = {}  # archive -> the descriptor holding its lock
 _lock = threading.Lock()
+_warned: set[str] = set()
 
 
 def _try_lock(fd: int) -> bool | None:
@@ -34,24 +41,36 @@ def _try_lock(fd: int) -> bool | None:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         return False
-    except OSError:  # ENOLCK, EOPNOTSUPP: some FUSE and old NFS mounts
+    except OSError:  # ENOLCK, EOPNOTSUPP: some FUSE and NFS mounts
         return None
     return True
 
 
+def _same_file(path: Path, fd: int) -> bool:
+    """`path` still names the file open as `fd` (not deleted, nor replaced, meanwhile). Over NFS
+    a deleted file still open is renamed, not unlinked: the link count would not tell."""
+    try:
+        named, opened = path.stat(), os.fstat(fd)
+    except FileNotFoundError:
+        return False
+    return (named.st_dev, named.st_ino) == (opened.st_dev, opened.st_ino)
+
+
 def create(temp_dir: Path | None, kind: str = "") -> tuple[int, Path]:
-    """A new empty archive file (0600) in `temp_dir`, locked until discard(); returns a
+    """A new empty archive file (0600) in `temp_dir`, held until discard(); returns a
     descriptor open for writing (the caller closes it) and the path."""
     while True:
         fd, name = tempfile.mkstemp(
             prefix=f"content-sync-{os.getpid()}-{kind}", suffix=".zip", dir=temp_dir
         )
-        held = os.open(name, os.O_RDONLY)
-        # Between mkstemp and the lock, remove_stale() in another process may take the file for a
+        path = Path(name)
+        held = os.dup(fd)
+        locked = _try_lock(held)
+        # Between mkstemp and the lock, remove_stale() elsewhere may take the file for a
         # leftover: it then holds the lock, or has deleted the file. Either way, start again.
-        # Without locks at all, remove_stale() never deletes anything there: go on unlocked.
-        if _try_lock(held) is not False and os.fstat(held).st_nlink > 0:
-            path = Path(name)
+        if locked is not False and _same_file(path, held):
+            if locked is None:
+                path = _unlockable(path)
             with _lock:
                 _held[path] = held
             return fd, path
@@ -59,33 +78,59 @@ def create(temp_dir: Path | None, kind: str = "") -> tuple[int, Path]:
         os.close(fd)
 
 
+def _unlockable(path: Path) -> Path:
+    """Rename an archive that cannot be locked out of remove_stale()'s reach."""
+    where = str(path.parent)
+    if where not in _warned:
+        _warned.add(where)
+        log.warning(
+            "%s does not support file locks: archives that a killed content-sync process leaves "
+            "there are not removed automatically (content-sync-nolock-*.zip)",
+            where,
+        )
+    renamed = path.with_name(path.name.replace("content-sync-", "content-sync-nolock-", 1))
+    os.rename(path, renamed)
+    return renamed
+
+
 def discard(path: Path) -> None:
     """Delete an archive from create(), then release its lock."""
-    path.unlink(missing_ok=True)
-    with _lock:
-        held = _held.pop(path, None)
-    if held is not None:
-        os.close(held)
+    try:
+        path.unlink(missing_ok=True)
+    finally:
+        with _lock:
+            held = _held.pop(path, None)
+        if held is not None:
+            os.close(held)
 
 
 def remove_stale(temp_dir: Path | None) -> None:
-    """Delete the archives of processes that died before they could; never a live one's."""
+    """Delete the archives of processes that died before they could; never a live one's, and
+    nothing but this user's regular files named as create() names them."""
+    with _lock:
+        ours = {(s.st_dev, s.st_ino) for s in map(os.fstat, _held.values())}
     for path in Path(temp_dir or tempfile.gettempdir()).glob(PATTERN):
         if not path.name.split("-")[2].isdigit():
-            continue  # not a name create() gives
-        with _lock:
-            if path in _held:
-                continue  # ours: over NFS a lock is per process, and would be granted again
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except OSError:  # gone already, or another user's
             continue
         try:
-            # Still the file that was listed (not deleted by another process meanwhile). Where
-            # locks are unsupported nothing can be told: leave it.
-            if _try_lock(fd) is True and os.fstat(fd).st_nlink > 0:
-                log.info("removing %s, left by a process that is gone", path)
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
-        finally:
-            os.close(fd)
+            _remove_if_stale(path, ours)
+        except OSError as exc:  # another user's file in a shared /tmp, a stale NFS handle...
+            log.debug("left %s alone: %s", path, exc)
+
+
+def _remove_if_stale(path: Path, ours: set[tuple[int, int]]) -> None:
+    # O_NOFOLLOW|O_NONBLOCK: a symlink or a FIFO planted under such a name is not followed, nor
+    # waited on. O_RDWR: the NFS emulation of flock needs it.
+    fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid():
+            return
+        if (info.st_dev, info.st_ino) in ours:
+            return
+        if _try_lock(fd) is True and _same_file(path, fd):
+            log.info("removing %s, left by a process that is gone", path)
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+    finally:
+        os.close(fd)

@@ -10,6 +10,7 @@ import os
 import stat
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,6 +18,11 @@ from pathlib import Path
 import pytest
 
 from content_sync import tempfiles
+from content_sync.errors import SnapshotError
+from content_sync.feed import FeedClient
+from content_sync.growing import GrowingFile, Interrupted
+from content_sync.retry import RetryPolicy
+from content_sync.settings import CTISettings
 
 HOLD = (
     "import fcntl, os, sys\n"
@@ -140,3 +146,64 @@ def test_without_locks_nothing_is_deleted_and_downloads_still_work(
     assert path.exists() and other.exists()
     tempfiles.discard(path)
     assert not path.exists()
+
+
+def test_a_file_taken_for_a_leftover_while_being_created_is_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """remove_stale() elsewhere may run between mkstemp and the lock: it deletes the new file,
+    or holds its lock. create() then starts again with another file, held and existing."""
+    real = tempfile.mkstemp
+    calls: list[str] = []
+    blockers: list[int] = []
+
+    def racing(*args: object, **kwargs: object) -> tuple[int, str]:
+        fd, name = real(*args, **kwargs)  # type: ignore[call-overload]
+        calls.append(name)
+        if len(calls) == 1:
+            os.unlink(name)  # a remover deleted it
+        elif len(calls) == 2:
+            blocker = os.open(name, os.O_RDWR)  # a remover holds it (another description)
+            fcntl.flock(blocker, fcntl.LOCK_EX)
+            blockers.append(blocker)
+        return fd, name
+
+    monkeypatch.setattr(tempfile, "mkstemp", racing)
+    fd, path = tempfiles.create(tmp_path)
+    os.close(fd)
+    try:
+        assert len(calls) == 3 and str(path) == calls[2]
+        assert path.exists()
+        held = tempfiles._held[path]
+        assert fcntl.fcntl(held, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDWR  # NFS needs it
+        remove_stale_elsewhere(tmp_path)
+        assert path.exists()
+    finally:
+        tempfiles.discard(path)
+        for blocker in blockers:
+            os.close(blocker)
+
+
+def test_a_fifo_or_a_symlink_named_like_an_archive_is_not_opened(tmp_path: Path) -> None:
+    fifo = tmp_path / f"content-sync-{dead_pid()}-fifo.zip"
+    os.mkfifo(fifo)
+    target = tmp_path / "precious"
+    target.write_bytes(b"not ours")
+    link = tmp_path / f"content-sync-{dead_pid()}-link.zip"
+    link.symlink_to(target)
+    tempfiles.remove_stale(tmp_path)  # returns: neither waits on the FIFO nor follows the link
+    assert fifo.exists() and link.is_symlink() and target.read_bytes() == b"not ours"
+
+
+def test_a_temp_dir_that_cannot_be_written_is_a_clear_error(tmp_path: Path) -> None:
+    """Before any request: the download's file cannot be made (here temp_dir is a file)."""
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_bytes(b"")
+    client = FeedClient(CTISettings(base_url="http://127.0.0.1:9"), RetryPolicy(attempts=1))
+    growing = GrowingFile()
+    with pytest.raises(SnapshotError, match=r"sync\.temp_dir"):
+        client.download_snapshot(
+            "http://127.0.0.1:9/x.zip", temp_dir=not_a_dir, max_bytes=1 << 20, growing=growing
+        )
+    with pytest.raises(Interrupted):  # a reader waiting for the file is told, not left waiting
+        growing.wait_created()
