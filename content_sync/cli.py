@@ -12,13 +12,14 @@ import json
 import logging
 import signal
 import sys
+import tempfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from content_sync import __version__
+from content_sync import __version__, tempfiles
 from content_sync.errors import ContentSyncError, SettingsError
 from content_sync.logs import setup_logging
 from content_sync.memory import fix_malloc_thresholds
@@ -253,6 +254,12 @@ def _cmd_check(args: argparse.Namespace, settings: Settings) -> int:
             print("skip Command Manager (command_manager.enabled is false)")
         else:
             report(f"Command Manager at {public_url(cm.url)}", runtime.notifier.probe())
+    temp = f"temp dir {settings.sync.temp_dir or tempfile.gettempdir()} (sync.temp_dir)"
+    try:
+        locks = tempfiles.probe(settings.sync.temp_dir)
+        report(temp + ("" if locks else ": no file locks, leftovers stay (see README)"), None)
+    except OSError as exc:
+        report(temp, str(exc))
     return EXIT_OK if ok else EXIT_FAILED
 
 

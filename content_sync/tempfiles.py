@@ -25,7 +25,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-__all__ = ["PATTERN", "create", "discard", "remove_stale"]
+__all__ = ["PATTERN", "create", "discard", "probe", "remove_stale"]
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +91,15 @@ def _unlockable(path: Path) -> Path:
     renamed = path.with_name(path.name.replace("content-sync-", "content-sync-nolock-", 1))
     os.rename(path, renamed)
     return renamed
+
+
+def probe(temp_dir: Path | None) -> bool:
+    """Make and delete an archive file in `temp_dir`: OSError if it cannot be written; False if
+    it can, but has no file locks (leftovers there are then never removed automatically)."""
+    fd, path = create(temp_dir, "probe-")
+    os.close(fd)
+    discard(path)
+    return not path.name.startswith("content-sync-nolock-")
 
 
 def discard(path: Path) -> None:

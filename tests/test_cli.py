@@ -101,7 +101,7 @@ def test_check_reachable_and_unreachable(
     )
     done = cli("check", "--config", str(good))
     assert done.returncode == 0, done.stdout + done.stderr
-    assert done.stdout.count("ok  ") == 4 and "FAIL" not in done.stdout
+    assert done.stdout.count("ok  ") == 5 and "FAIL" not in done.stdout
 
     data = settings_dict(feed_server, opensearch_url, prefix, tmp_path)
     data["cti"]["base_url"] = "http://127.0.0.1:9/api/v1"  # discard port: nothing listens
@@ -110,6 +110,21 @@ def test_check_reachable_and_unreachable(
     assert failed.returncode == 1
     assert "FAIL feed vulnerabilities at http://127.0.0.1:9/api/v1/catalog" in failed.stdout
     assert "ok   OpenSearch" in failed.stdout
+
+
+def test_check_names_a_temp_dir_that_cannot_be_written(
+    feed_server: FeedServer, opensearch_url: str, prefix: str, tmp_path: Path
+) -> None:
+    data = settings_dict(feed_server, opensearch_url, prefix, tmp_path)
+    good = cli("check", "--config", str(write_config(tmp_path / "good.yaml", data)))
+    assert f"ok   temp dir {tmp_path} (sync.temp_dir)\n" in good.stdout, good.stdout
+    assert not list(tmp_path.glob("content-sync-*")), "the probe file was left behind"
+    (tmp_path / "file").write_text("")
+    data["sync"]["temp_dir"] = str(tmp_path / "file")  # a file, not a directory
+    bad = cli("check", "--config", str(write_config(tmp_path / "bad.yaml", data)))
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+    assert f"FAIL temp dir {tmp_path / 'file'} (sync.temp_dir): " in bad.stdout, bad.stdout
+    assert "ok   OpenSearch" in bad.stdout
 
 
 @pytest.mark.parametrize(

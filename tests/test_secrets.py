@@ -153,7 +153,7 @@ def test_secrets_appear_in_no_output_at_debug(
     rows = json.loads(done_by["status --json"].stdout)["feeds"]
     assert rows[0]["local_offset"] == model.head_offset and rows[0]["status"] == "ready"
     assert f"{FEED}: ready" in done_by["status"].stdout
-    assert done_by["check"].stdout.count("ok  ") == 4
+    assert done_by["check"].stdout.count("ok  ") == 5
     failing = done_by["failing check"].stdout
     assert "FAIL OpenSearch" in failing and "AuthenticationException" in failing
     assert "FAIL Command Manager" in failing and "unreachable" in failing
