@@ -23,6 +23,7 @@ from content_sync.feed import FeedClient
 from content_sync.growing import GrowingFile, Interrupted
 from content_sync.retry import RetryPolicy
 from content_sync.settings import CTISettings
+from content_sync.sync import _temp_copy
 
 HOLD = (
     "import fcntl, os, sys\n"
@@ -207,3 +208,20 @@ def test_a_temp_dir_that_cannot_be_written_is_a_clear_error(tmp_path: Path) -> N
         )
     with pytest.raises(Interrupted):  # a reader waiting for the file is told, not left waiting
         growing.wait_created()
+
+
+def test_a_kept_archive_that_cannot_be_copied_is_a_clear_error_and_leaves_nothing(
+    tmp_path: Path,
+) -> None:
+    kept = tmp_path / "kept.zip"
+    kept.write_bytes(b"PK" * 1000)
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    copy = _temp_copy(kept, temp)
+    assert copy.read_bytes() == kept.read_bytes() and copy in tempfiles._held
+    tempfiles.discard(copy)
+    with pytest.raises(SnapshotError, match=r"sync\.temp_dir"):
+        _temp_copy(tmp_path / "missing.zip", temp)  # the copy fails half-way
+    assert list(temp.iterdir()) == []
+    with pytest.raises(SnapshotError, match=r"sync\.temp_dir"):
+        _temp_copy(kept, kept)  # the temp dir is a file
