@@ -193,7 +193,7 @@ def test_trigger_demands_a_token_off_loopback(
 
 def test_alert_rules_are_valid() -> None:
     rules = yaml.safe_load((ROOT / "deploy" / "prometheus-alerts.yml").read_text())
-    names = set()
+    names: set[str] = set()
     for group in rules["groups"]:
         assert group["name"] and group["rules"]
         for rule in group["rules"]:

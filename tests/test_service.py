@@ -8,6 +8,7 @@ import signal
 import subprocess
 from collections.abc import Callable, Iterator
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,10 @@ def state(os_client: OpenSearch, prefix: str) -> dict[str, Any]:
         return {}
 
 
+def at_offset(os_client: OpenSearch, prefix: str, offset: int) -> bool:
+    return state(os_client, prefix).get("local_offset") == offset
+
+
 def test_run_picks_up_new_changes_and_stops_cleanly_on_sigterm(
     start_service: Any, feed_server: FeedServer, os_client: OpenSearch, prefix: str
 ) -> None:
@@ -81,7 +86,7 @@ def test_run_picks_up_new_changes_and_stops_cleanly_on_sigterm(
     )
     for _ in range(2):
         head = model.append_changes(120)
-        wait_for(lambda h=head: state(os_client, prefix).get("local_offset") == h, 60, "catch-up")
+        wait_for(partial(at_offset, os_client, prefix, head), 60, "catch-up")
     assert_matches_truth(os_client, f"{prefix}-cve", model, model.head_offset)
 
     # Stop in the middle of a long catch-up: the current window completes or is not recorded.
@@ -119,7 +124,7 @@ def test_two_services_one_writer_and_takeover_after_a_kill(
     wait_for(lambda: state(os_client, prefix).get("local_offset") == model.head_offset, 90, "init")
     for _ in range(3):
         head = model.append_changes(400)
-        wait_for(lambda h=head: state(os_client, prefix).get("local_offset") == h, 90, "catch-up")
+        wait_for(partial(at_offset, os_client, prefix, head), 90, "catch-up")
     # Never two working cycles of the feed at once, across both processes.
     spans = sorted(cycles(log_a) + cycles(log_b))
     assert len(spans) >= 3
