@@ -158,7 +158,8 @@ def timed_baseline(
 
 
 def spot_check(os_client: OpenSearch, model: FeedModel, alias: str, head: int) -> int:
-    """Compare 300 random resources with the truth at `head`; return how many were checked."""
+    """Compare 300 random resources of `alias` (or an index) with the truth at `head`; return
+    how many were checked."""
     os_client.indices.refresh(index=alias)
     names = random.Random(5).sample(model.names(), 300)
     mismatches = 0
@@ -245,6 +246,7 @@ def main() -> None:
             feed = FeedClient(CTISettings(base_url=server.base_url), RetryPolicy())
             lean = baseline_client(url)
             checked = 0
+            baseline_end = BASELINE_WARMUP + args.baseline
             # Rounds alternate which of the two goes first (the machine's other load varies,
             # the node warms up); the best of each is compared. Every run is in the JSON.
             for rnd in range(args.rounds):
@@ -267,6 +269,8 @@ def main() -> None:
                         baselines.append(
                             timed_baseline(lean, feed, model, base_index, start, args.baseline)
                         )
+                        # The baseline's work is checked too: a wrong one could be fast.
+                        spot_check(os_client, model, base_index, start + baseline_end)
                         last = baselines[-1]
                     print(
                         f"round {rnd + 1}: {which} {last.docs} changes in {last.seconds:.1f} s "
@@ -315,7 +319,9 @@ def main() -> None:
         f"{1000 * product.seconds / product.docs:.3f} ms on {os.cpu_count()} cores"
     )
     print(
-        f"content spot check: {checked} documents equal to the truth at offset {head}, every round"
+        f"content spot check: {checked} documents equal to the truth at offset {head} after "
+        f"every product run, and at {start + BASELINE_WARMUP + args.baseline} after every "
+        "baseline run"
     )
     path = save(
         "changes",
