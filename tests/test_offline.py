@@ -18,9 +18,15 @@ import pytest
 from opensearchpy import OpenSearch
 
 from content_sync.runtime import Runtime
-from content_sync.settings import Settings
 from content_sync.testing.server import FeedServer
-from tests.helpers import FEED, assert_matches_truth, clean_env, settings_dict, state_of
+from tests.helpers import (
+    FEED,
+    assert_matches_truth,
+    clean_env,
+    make_settings,
+    settings_dict,
+    state_of,
+)
 from tests.test_cli import SCRIPT, cli, write_config
 
 HOP_HEADERS = {"connection", "keep-alive", "proxy-connection", "transfer-encoding"}
@@ -159,15 +165,8 @@ def test_kept_archive_restores_content_when_the_feed_cannot_serve_a_snapshot(
 ) -> None:
     model = feed_server.model
     keep = tmp_path / "keep"
-    settings = Settings.model_validate(
-        settings_dict(
-            feed_server,
-            opensearch_url,
-            prefix,
-            tmp_path,
-            sync={"keep_archive": True, "keep_archive_dir": str(keep)},
-        )
-    )
+    keeping = {"keep_archive": True, "keep_archive_dir": str(keep)}
+    settings = make_settings(feed_server, opensearch_url, prefix, tmp_path, sync=keeping)
     with Runtime(settings) as rt:
         sync = rt.feed_sync(FEED)
         kept_at = model.snapshot_offset
@@ -216,15 +215,8 @@ def test_an_archive_that_cannot_be_kept_costs_the_copy_not_the_cycle(
     model = feed_server.model
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("a file where the keep directory should be")
-    settings = Settings.model_validate(
-        settings_dict(
-            feed_server,
-            opensearch_url,
-            prefix,
-            tmp_path,
-            sync={"keep_archive": True, "keep_archive_dir": str(blocker / "keep")},
-        )
-    )
+    keeping = {"keep_archive": True, "keep_archive_dir": str(blocker / "keep")}
+    settings = make_settings(feed_server, opensearch_url, prefix, tmp_path, sync=keeping)
     with Runtime(settings) as rt:
         result = rt.feed_sync(FEED).run_cycle()
         assert result.outcome == "ok", result.error
