@@ -100,18 +100,16 @@ def _default_keep_dir() -> Path:
 def _temp_copy(kept: Path, temp_dir: Path | None) -> Path:
     """A private copy of a kept archive, held like a download (a crash's leftover is removed
     like one)."""
-    try:
+    try:  # OSError: temp_dir missing or full, the kept archive unreadable
         fd, path = tempfiles.create(temp_dir, "kept-")
+        try:
+            with os.fdopen(fd, "wb") as out, kept.open("rb") as source:
+                shutil.copyfileobj(source, out, 1 << 20)
+        except BaseException:
+            tempfiles.discard(path)
+            raise
     except OSError as exc:
         raise SnapshotError(f"cannot copy {kept} to sync.temp_dir: {exc}") from None
-    try:
-        with os.fdopen(fd, "wb") as out, kept.open("rb") as source:
-            shutil.copyfileobj(source, out, 1 << 20)
-    except BaseException as exc:
-        tempfiles.discard(path)
-        if isinstance(exc, OSError):  # a full temp dir, an unreadable kept archive
-            raise SnapshotError(f"cannot copy {kept} to sync.temp_dir: {exc}") from None
-        raise
     return path
 
 
