@@ -12,7 +12,6 @@ import json
 import logging
 import signal
 import sys
-import tempfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -254,7 +253,7 @@ def _cmd_check(args: argparse.Namespace, settings: Settings) -> int:
             print("skip Command Manager (command_manager.enabled is false)")
         else:
             report(f"Command Manager at {public_url(cm.url)}", runtime.notifier.probe())
-    temp = f"temp dir {settings.sync.temp_dir or tempfile.gettempdir()} (sync.temp_dir)"
+    temp = f"temp dir {tempfiles.directory(settings.sync.temp_dir)} (sync.temp_dir)"
     try:
         locks = tempfiles.probe(settings.sync.temp_dir)
         report(temp + ("" if locks else ": no file locks, leftovers stay (see README)"), None)

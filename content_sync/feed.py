@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -245,7 +244,7 @@ class FeedClient:
             if growing is not None:
                 growing.finish(failed=True)  # a reader waiting for the file is told
             if isinstance(exc, OSError):  # missing, read-only or full: the operator's to fix
-                where = temp_dir or tempfile.gettempdir()
+                where = tempfiles.directory(temp_dir)
                 raise SnapshotError(
                     f"cannot create the download in {where} (sync.temp_dir): {exc}"
                 ) from None

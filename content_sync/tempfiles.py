@@ -25,14 +25,20 @@ import tempfile
 import threading
 from pathlib import Path
 
-__all__ = ["PATTERN", "create", "discard", "probe", "remove_stale"]
+__all__ = ["PATTERN", "create", "directory", "discard", "probe", "remove_stale"]
 
 log = logging.getLogger(__name__)
 
 PATTERN = "content-sync-*-*.zip"  # content-sync-<pid>-<kind><random>.zip
+_NOLOCK = "content-sync-nolock-"  # an archive that could not be locked: out of PATTERN's reach
 _held: dict[Path, int] = {}  # archive -> the descriptor holding its lock
 _lock = threading.Lock()
 _warned: set[str] = set()
+
+
+def directory(temp_dir: Path | None) -> Path:
+    """Where archives go: `sync.temp_dir`, else the system's temp dir."""
+    return Path(temp_dir or tempfile.gettempdir())
 
 
 def _try_lock(fd: int) -> bool | None:
@@ -68,12 +74,18 @@ def create(temp_dir: Path | None, kind: str = "") -> tuple[int, Path]:
         locked = _try_lock(held)
         # Between mkstemp and the lock, remove_stale() elsewhere may take the file for a
         # leftover: it then holds the lock, or has deleted the file. Either way, start again.
-        if locked is not False and _same_file(path, held):
-            if locked is None:
-                path = _unlockable(path)
-            with _lock:
-                _held[path] = held
-            return fd, path
+        try:
+            if locked is not False and _same_file(path, held):
+                if locked is None:
+                    path = _unlockable(path)
+                with _lock:
+                    _held[path] = held
+                return fd, path
+        except BaseException:
+            path.unlink(missing_ok=True)
+            os.close(held)
+            os.close(fd)
+            raise
         os.close(held)
         os.close(fd)
 
@@ -85,10 +97,11 @@ def _unlockable(path: Path) -> Path:
         _warned.add(where)
         log.warning(
             "%s does not support file locks: archives that a killed content-sync process leaves "
-            "there are not removed automatically (content-sync-nolock-*.zip)",
+            "there are not removed automatically (%s*.zip)",
             where,
+            _NOLOCK,
         )
-    renamed = path.with_name(path.name.replace("content-sync-", "content-sync-nolock-", 1))
+    renamed = path.with_name(path.name.replace("content-sync-", _NOLOCK, 1))
     os.rename(path, renamed)
     return renamed
 
@@ -99,7 +112,7 @@ def probe(temp_dir: Path | None) -> bool:
     fd, path = create(temp_dir, "probe-")
     os.close(fd)
     discard(path)
-    return not path.name.startswith("content-sync-nolock-")
+    return not path.name.startswith(_NOLOCK)
 
 
 def discard(path: Path) -> None:
@@ -118,7 +131,7 @@ def remove_stale(temp_dir: Path | None) -> None:
     nothing but this user's regular files named as create() names them."""
     with _lock:
         ours = {(s.st_dev, s.st_ino) for s in map(os.fstat, _held.values())}
-    for path in Path(temp_dir or tempfile.gettempdir()).glob(PATTERN):
+    for path in directory(temp_dir).glob(PATTERN):
         if not path.name.split("-")[2].isdigit():
             continue
         try:
