@@ -45,6 +45,7 @@ from bench.common import (
     client,
     node_cpu_seconds,
     opensearch_url,
+    product_sync_on_quiet_node,
     run_product,
     save,
     settle,
@@ -136,18 +137,20 @@ def restore(os_client: OpenSearch, pristine: str, target: str, alias: str | None
 
 
 def timed_product(config: Path, url: str, changes: int) -> Run:
-    settle(url)
-    node_before = node_cpu_seconds(url)
-    seconds, rss, cpu = run_product(config, "sync")
-    node_cpu = node_cpu_seconds(url) - node_before
+    seconds, rss, cpu, node_cpu = product_sync_on_quiet_node(config, url)
     return Run("product", seconds, changes, 0, round(rss, 1), round(cpu, 2), round(node_cpu, 2))
 
 
 def timed_baseline(
-    os_client: OpenSearch, feed: FeedClient, model: FeedModel, index: str, start: int, count: int
+    os_client: OpenSearch,
+    url: str,
+    feed: FeedClient,
+    model: FeedModel,
+    index: str,
+    start: int,
+    count: int,
 ) -> Run:
     run_baseline(os_client, feed, model, index, start, BASELINE_WARMUP)
-    url = opensearch_url()
     settle(url)
     node_before, cpu_before = node_cpu_seconds(url), time.process_time()
     run = run_baseline(os_client, feed, model, index, start + BASELINE_WARMUP, count)
@@ -267,7 +270,7 @@ def main() -> None:
                     else:
                         restore(os_client, pristine, base_index)
                         baselines.append(
-                            timed_baseline(lean, feed, model, base_index, start, args.baseline)
+                            timed_baseline(lean, url, feed, model, base_index, start, args.baseline)
                         )
                         # The baseline's work is checked too: a wrong one could be fast.
                         spot_check(os_client, model, base_index, start + baseline_end)
@@ -320,7 +323,7 @@ def main() -> None:
     )
     print(
         f"content spot check: {checked} documents equal to the truth at offset {head} after "
-        f"every product run, and at {start + BASELINE_WARMUP + args.baseline} after every "
+        f"every product run, and at {start + baseline_end} after every "
         "baseline run"
     )
     path = save(

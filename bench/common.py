@@ -132,3 +132,12 @@ def table(rows: list[list[str]]) -> str:
         for r in rows
     ]
     return "\n".join(lines)
+
+
+def product_sync_on_quiet_node(config: Path, url: str) -> tuple[float, float, float, float]:
+    """`content-sync sync` started once the node is quiet: run_product's (wall seconds, peak RSS
+    MB, CPU seconds), and the node's CPU seconds meanwhile."""
+    settle(url)
+    node_before = node_cpu_seconds(url)
+    seconds, rss, cpu = run_product(config, "sync")
+    return seconds, rss, cpu, node_cpu_seconds(url) - node_before

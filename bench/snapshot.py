@@ -31,7 +31,7 @@ from bench.common import (
     client,
     node_cpu_seconds,
     opensearch_url,
-    run_product,
+    product_sync_on_quiet_node,
     save,
     settle,
     table,
@@ -149,10 +149,7 @@ def run_product_once(
     os_client = client(url)
     own = f"{prefix}-r{rnd}"
     config = write_settings(work / f"settings-{rnd}.yaml", server, url, own)
-    settle(url)
-    node0 = node_cpu_seconds(url)
-    seconds, rss, cpu = run_product(config, "sync")
-    node = node_cpu_seconds(url) - node0
+    seconds, rss, cpu, node = product_sync_on_quiet_node(config, url)
     with zipfile.ZipFile(model.snapshot_path) as zf:
         size = zf.infolist()[0].file_size
     docs = os_client.count(index=f"{own}-cve")["count"]
