@@ -471,7 +471,8 @@ class Store:
         """POST through opensearch-py's own connection (hosts, TLS, auth, timeout), but keep the
         answer as bytes: the client would decode it to str and then to Python objects, and a
         window's multi-get answer is ~12 MB that lazydoc only needs to scan."""
-        connection: Any = self.client.transport.get_connection()
+        transport = self.client.transport
+        connection: Any = transport.get_connection()
         if connection.pool is None:
             connection._create_urllib3_pool()
         url = f"{connection.url_prefix}{path}?{urlencode(params)}"
@@ -483,7 +484,10 @@ class Store:
         except urllib3.exceptions.ReadTimeoutError as exc:
             raise opensearchpy.ConnectionTimeout("TIMEOUT", str(exc), exc) from exc
         except urllib3.exceptions.HTTPError as exc:
+            # As the client does: with several hosts, the next requests go to the others.
+            transport.mark_dead(connection)
             raise opensearchpy.ConnectionError("N/A", str(exc), exc) from exc
+        transport.connection_pool.mark_live(connection)
         data: bytes = response.data
         if not 200 <= response.status < 300:
             # opensearch-py's mapping of statuses onto its exceptions (429, 404, 409...).

@@ -1,0 +1,39 @@
+"""Several OpenSearch hosts, one of them down: bulk writes and multi-gets (sent through the
+connection directly, not through the client's request method) still skip the dead host."""
+
+from __future__ import annotations
+
+from opensearchpy import OpenSearch
+
+from content_sync.errors import TransientError
+from content_sync.lazydoc import decoded
+from content_sync.retry import RetryPolicy
+from content_sync.settings import OpenSearchSettings
+from content_sync.store import CONTENT_MAPPING, Store, make_client
+
+
+def test_a_dead_host_is_skipped_after_its_first_failure(
+    os_client: OpenSearch, opensearch_url: str, prefix: str
+) -> None:
+    index = f"{prefix}-hosts"
+    os_client.indices.create(index=index, body={"mappings": CONTENT_MAPPING})
+    retried: list[TransientError] = []
+    settings = OpenSearchSettings(hosts=["http://127.0.0.1:9", opensearch_url])
+    store = Store(
+        make_client(settings),
+        settings,
+        RetryPolicy(attempts=3, initial=0.001, max_wait=0.01, budget=10, on_retry=retried.append),
+    )
+    expected: dict[str, dict[str, object]] = {}
+    for i in range(10):
+        name = f"CVE-2026-{i:04d}"
+        source = b'{"offset":%d,"version":1,"document":{"n":%d}}' % (i + 1, i)
+        store.write(index, [("index", name, source, i + 1)])
+        expected[name] = {"offset": i + 1, "version": 1, "document": {"n": i}}
+        got = store.mget(index, [name])
+        assert {k: decoded(v) for k, v in got.items()} == {name: expected[name]}
+    os_client.indices.refresh(index=index)
+    hits = os_client.search(index=index, body={"size": 20})["hits"]["hits"]
+    assert {h["_id"]: h["_source"] for h in hits} == expected
+    # Round robin over [dead, live] without marking the dead one would fail every other request.
+    assert len(retried) <= 1, [str(e) for e in retried]
