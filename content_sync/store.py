@@ -30,6 +30,7 @@ from opensearchpy import JSONSerializer, OpenSearch
 from opensearchpy.exceptions import SerializationError
 
 from content_sync import failpoints
+from content_sync.bulkbody import BodyBuffers
 from content_sync.errors import LeaseLostError, StoreError, StoreUnavailable
 from content_sync.retry import RetryPolicy
 from content_sync.settings import OpenSearchSettings
@@ -38,6 +39,8 @@ __all__ = ["BulkOp", "FeedState", "Store", "make_client", "mget_documents", "utc
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+# What a bulk answer needs to say: whether any item failed, and which, with why.
+_BULK_PARAMS = {"filter_path": "errors,items.*.status,items.*.error"}
 
 Status = Literal["running", "ready", "failed"]
 # ("index", id, source bytes, offset) or ("delete", id, None, offset). The offset becomes the
@@ -228,6 +231,7 @@ class Store:
         # state id -> (seq_no, primary_term) of our last read/write; None = does not exist yet
         self._seq: dict[str, tuple[int, int] | None] = {}
         self.lease_ttl = 60.0
+        self._bodies = BodyBuffers(keep_bytes=2 * settings.bulk_bytes)
 
     def _call(self, what: str, fn: Callable[[], T]) -> T:
         def once() -> T:
@@ -467,10 +471,11 @@ class Store:
 
         return self._call(f"multi-get of {len(ids)} documents from {index}", get)
 
-    def _post_bytes(self, path: str, params: dict[str, str], body: bytes) -> bytes:
+    def _post_bytes(self, path: str, params: dict[str, str], body: bytes | memoryview) -> bytes:
         """POST through opensearch-py's own connection (hosts, TLS, auth, timeout), but keep the
         answer as bytes: the client would decode it to str and then to Python objects, and a
-        window's multi-get answer is ~12 MB that lazydoc only needs to scan."""
+        window's multi-get answer is ~12 MB that lazydoc only needs to scan. The body may be a
+        view (bulkbody), which the client's serializer would not pass through."""
         transport = self.client.transport
         connection: Any = transport.get_connection()
         if connection.pool is None:
@@ -572,19 +577,14 @@ class Store:
         todo = chunk
         attempt = 0
         while todo:
-            parts: list[bytes] = []
-            for action, source in todo:
-                parts.append(action)
-                if source is not None:
-                    parts += (source, b"\n")
-            body = b"".join(parts)  # one copy of the documents, not three
-            result = self._call(
-                f"bulk request of {len(todo)} items",
-                lambda body=body: self.client.bulk(  # type: ignore[misc]
-                    body=body, params={"filter_path": "errors,items.*.status,items.*.error"}
-                ),
-            )
-            stats.add(len(todo), len(body))
+            with self._bodies.body(todo) as body:
+                result = self._call(
+                    f"bulk request of {len(todo)} items",
+                    lambda body=body: orjson.loads(  # type: ignore[misc]
+                        self._post_bytes("/_bulk", _BULK_PARAMS, body)
+                    ),
+                )
+                stats.add(len(todo), len(body))
             if not result.get("errors"):
                 failpoints.hit("bulk-done")
                 return

@@ -1,0 +1,67 @@
+"""Bulk bodies built in reused buffers: the bytes sent are exactly the NDJSON of the items."""
+
+from __future__ import annotations
+
+import pytest
+
+from content_sync.bulkbody import BodyBuffers, Item
+
+
+def ndjson(items: list[Item]) -> bytes:
+    return b"".join(a + (s + b"\n" if s is not None else b"") for a, s in items)
+
+
+INDEX: list[Item] = [
+    (b'{"index":{"_id":"CVE-1"}}\n', b'{"offset":1,"document":{"a":"\xc3\xa9"}}'),
+    (b'{"delete":{"_id":"CVE-2"}}\n', None),
+    (b'{"index":{"_id":"CVE-3"}}\n', b'{"offset":3,"document":{}}'),
+]
+
+
+def test_body_is_the_items_ndjson() -> None:
+    with BodyBuffers(keep_bytes=1 << 20).body(INDEX) as body:
+        assert bytes(body) == ndjson(INDEX)
+
+
+def test_a_buffer_is_reused_and_a_shorter_body_does_not_carry_the_longer_tail() -> None:
+    buffers = BodyBuffers(keep_bytes=1 << 20)
+    with buffers.body(INDEX) as body:
+        first = body.obj
+    short = INDEX[1:2]
+    with buffers.body(short) as body:
+        assert body.obj is first  # the same memory, faulted in once
+        assert bytes(body) == ndjson(short)
+
+
+def test_a_buffer_grows_for_a_larger_body() -> None:
+    buffers = BodyBuffers(keep_bytes=1 << 20)
+    with buffers.body(INDEX[:1]):
+        pass
+    large = [(b'{"index":{"_id":"big"}}\n', b"x" * 50_000), *INDEX]
+    with buffers.body(large) as body:
+        assert bytes(body) == ndjson(large)
+
+
+def test_a_buffer_beyond_keep_bytes_is_not_kept() -> None:
+    buffers = BodyBuffers(keep_bytes=1000)
+    huge = [(b'{"index":{"_id":"big"}}\n', b"x" * 5000)]
+    with buffers.body(huge) as body:
+        big = body.obj
+    with buffers.body(INDEX) as body:
+        assert body.obj is not big
+        assert bytes(body) == ndjson(INDEX)
+
+
+def test_concurrent_bodies_get_their_own_buffers() -> None:
+    buffers = BodyBuffers(keep_bytes=1 << 20)
+    with buffers.body(INDEX) as one, buffers.body(INDEX[2:]) as two:
+        assert one.obj is not two.obj
+        assert bytes(one) == ndjson(INDEX)
+        assert bytes(two) == ndjson(INDEX[2:])
+
+
+def test_the_view_is_released_after_the_block() -> None:
+    with BodyBuffers(keep_bytes=1 << 20).body(INDEX) as body:
+        pass
+    with pytest.raises(ValueError, match="released"):
+        bytes(body)
