@@ -20,10 +20,12 @@ Item = tuple[bytes, bytes | None]
 
 
 class BodyBuffers:
-    """A free list of buffers, one per concurrent sender. A buffer that had to grow beyond
-    `keep_bytes` (one huge document) is dropped after use instead of being kept."""
+    """A free list of buffers, one per concurrent sender, each of `size` bytes (the largest
+    body the chunker builds) unless one body is larger: such a buffer is kept while it is no
+    larger than `keep_bytes`, else dropped after use (one huge document)."""
 
-    def __init__(self, keep_bytes: int) -> None:
+    def __init__(self, size: int, keep_bytes: int) -> None:
+        self._size = size
         self._keep = keep_bytes
         self._free: list[bytearray] = []
         self._lock = threading.Lock()
@@ -35,7 +37,7 @@ class BodyBuffers:
         with self._lock:
             buffer = self._free.pop() if self._free else bytearray()
         if len(buffer) < size:
-            buffer = bytearray(max(size, min(self._keep, 2 * size)))
+            buffer = bytearray(max(size, self._size))
         with memoryview(buffer) as view:
             end = 0
             for action, source in items:

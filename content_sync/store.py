@@ -231,7 +231,7 @@ class Store:
         # state id -> (seq_no, primary_term) of our last read/write; None = does not exist yet
         self._seq: dict[str, tuple[int, int] | None] = {}
         self.lease_ttl = 60.0
-        self._bodies = BodyBuffers(keep_bytes=2 * settings.bulk_bytes)
+        self._bodies = BodyBuffers(settings.bulk_bytes, keep_bytes=2 * settings.bulk_bytes)
 
     def _call(self, what: str, fn: Callable[[], T]) -> T:
         def once() -> T:

@@ -19,12 +19,12 @@ INDEX: list[Item] = [
 
 
 def test_body_is_the_items_ndjson() -> None:
-    with BodyBuffers(keep_bytes=1 << 20).body(INDEX) as body:
+    with BodyBuffers(1000, keep_bytes=1 << 20).body(INDEX) as body:
         assert bytes(body) == ndjson(INDEX)
 
 
 def test_a_buffer_is_reused_and_a_shorter_body_does_not_carry_the_longer_tail() -> None:
-    buffers = BodyBuffers(keep_bytes=1 << 20)
+    buffers = BodyBuffers(1000, keep_bytes=1 << 20)
     with buffers.body(INDEX) as body:
         first = body.obj
     short = INDEX[1:2]
@@ -34,17 +34,17 @@ def test_a_buffer_is_reused_and_a_shorter_body_does_not_carry_the_longer_tail() 
 
 
 def test_a_buffer_grows_for_a_larger_body() -> None:
-    buffers = BodyBuffers(keep_bytes=1 << 20)
+    buffers = BodyBuffers(1000, keep_bytes=1 << 20)
     with buffers.body(INDEX[:1]):
         pass
-    large = [(b'{"index":{"_id":"big"}}\n', b"x" * 50_000), *INDEX]
+    large: list[Item] = [(b'{"index":{"_id":"big"}}\n', b"x" * 50_000), *INDEX]
     with buffers.body(large) as body:
         assert bytes(body) == ndjson(large)
 
 
 def test_a_buffer_beyond_keep_bytes_is_not_kept() -> None:
-    buffers = BodyBuffers(keep_bytes=1000)
-    huge = [(b'{"index":{"_id":"big"}}\n', b"x" * 5000)]
+    buffers = BodyBuffers(100, keep_bytes=1000)
+    huge: list[Item] = [(b'{"index":{"_id":"big"}}\n', b"x" * 5000)]
     with buffers.body(huge) as body:
         big = body.obj
     with buffers.body(INDEX) as body:
@@ -53,7 +53,7 @@ def test_a_buffer_beyond_keep_bytes_is_not_kept() -> None:
 
 
 def test_concurrent_bodies_get_their_own_buffers() -> None:
-    buffers = BodyBuffers(keep_bytes=1 << 20)
+    buffers = BodyBuffers(1000, keep_bytes=1 << 20)
     with buffers.body(INDEX) as one, buffers.body(INDEX[2:]) as two:
         assert one.obj is not two.obj
         assert bytes(one) == ndjson(INDEX)
@@ -61,7 +61,17 @@ def test_concurrent_bodies_get_their_own_buffers() -> None:
 
 
 def test_the_view_is_released_after_the_block() -> None:
-    with BodyBuffers(keep_bytes=1 << 20).body(INDEX) as body:
+    with BodyBuffers(1000, keep_bytes=1 << 20).body(INDEX) as body:
         pass
     with pytest.raises(ValueError, match="released"):
         bytes(body)
+
+
+def test_buffers_are_made_the_largest_chunk_size_so_they_do_not_regrow() -> None:
+    buffers = BodyBuffers(1000, keep_bytes=1 << 20)
+    with buffers.body(INDEX[1:2]) as body:  # 27 bytes
+        first = body.obj
+    near_limit: list[Item] = [(b'{"index":{"_id":"x"}}\n', b"y" * 900)]
+    with buffers.body(near_limit) as body:
+        assert body.obj is first
+        assert bytes(body) == ndjson(near_limit)
