@@ -35,7 +35,15 @@ from content_sync.errors import LeaseLostError, StoreError, StoreUnavailable
 from content_sync.retry import RetryPolicy
 from content_sync.settings import OpenSearchSettings
 
-__all__ = ["BulkOp", "FeedState", "Store", "make_client", "mget_documents", "utcnow"]
+__all__ = [
+    "BulkOp",
+    "FeedState",
+    "Store",
+    "bulk_answer",
+    "make_client",
+    "mget_documents",
+    "utcnow",
+]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -580,7 +588,7 @@ class Store:
             with self._bodies.body(todo) as body:
                 result = self._call(
                     f"bulk request of {len(todo)} items",
-                    lambda body=body: orjson.loads(  # type: ignore[misc]
+                    lambda body=body: bulk_answer(  # type: ignore[misc]
                         self._post_bytes("/_bulk", _BULK_PARAMS, body)
                     ),
                 )
@@ -616,6 +624,17 @@ class Store:
             )
             time.sleep(delay * (0.5 + secrets.randbelow(1000) / 1000))
             todo = retry
+
+
+def bulk_answer(raw: bytes) -> dict[str, Any]:
+    """A bulk answer (filtered by _BULK_PARAMS) -> {"errors": bool, "items": [...]}."""
+    try:
+        answer = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise StoreError(f"bulk answer not understood: {exc}: {raw[:200]!r}") from None
+    if not isinstance(answer, dict):
+        raise StoreError(f"bulk answer is not an object: {raw[:200]!r}")
+    return answer
 
 
 def mget_documents(raw: bytes, index: str) -> dict[str, dict[str, Any]]:
