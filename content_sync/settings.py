@@ -303,10 +303,11 @@ class CommandManagerSettings(_Section):
 class SyncSettings(_Section):
     batch_size: int = Field(default=MAX_WINDOW, ge=1, le=MAX_WINDOW)
     with_empties: bool = True
-    # Remote ahead by more than this while a newer snapshot exists: re-initialise, then patch.
-    # From bench/: ~5,900 snapshot documents/s and ~1,500 changes/s here, so the real feed's
-    # 336,000 resources load in the time of ~85,000-125,000 changes (with the download).
-    snapshot_threshold: int = Field(default=100_000, ge=1)
+    # A newer snapshot that skips more changes than this (its offset minus the local one) is
+    # loaded, then the rest patched; otherwise the changes are replayed. From bench/ (session
+    # 6): 5,700-6,200 snapshot documents/s and 4,300-6,200 changes/s on the same machine, so the
+    # real feed's 336,000 resources load in the time of ~230,000-370,000 changes.
+    snapshot_threshold: int = Field(default=250_000, ge=1)
     temp_dir: Path | None = None
     max_archive_bytes: int = Field(default=20 * GiB, gt=0)
     max_uncompressed_bytes: int = Field(default=20 * GiB, gt=0)

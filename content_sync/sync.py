@@ -424,12 +424,11 @@ class FeedSync:
             return "first-run" if info.last_offset > 0 else None
         if state.local_offset > info.last_offset:
             return "feed-rebuilt"
-        behind = info.last_offset - state.local_offset
-        if (
-            behind > self.settings.sync.snapshot_threshold
-            and info.snapshot_link
-            and info.snapshot_offset > state.local_offset
-        ):
+        # A newer snapshot saves replaying the changes up to its offset; those after it are
+        # patched either way. So it is what the snapshot skips that must outweigh a load, not
+        # how far behind the feed is: a burst of changes right after a snapshot is replayed.
+        skipped = info.snapshot_offset - state.local_offset
+        if info.snapshot_link and skipped > self.settings.sync.snapshot_threshold:
             return "far-behind"
         return None
 

@@ -404,3 +404,15 @@ def test_far_behind_with_a_newer_snapshot_loads_it_then_patches(
     head = model.append_changes(300)
     again = sync.run_cycle()
     assert again.snapshots == [] and again.after == head
+
+    # Far behind, but a newer snapshot would skip only 10 changes (a burst came after it): the
+    # load would save nothing, so the changes are replayed.
+    model.append_changes(10)
+    model.publish_snapshot()
+    head = model.append_changes(1500)
+    index = state_of(rt).index
+    burst = sync.run_cycle()
+    assert burst.outcome == "ok" and burst.snapshots == [] and burst.after == head
+    assert burst.windows == 2
+    assert state_of(rt).index == index  # patched in place, not a new index
+    assert_matches_truth(os_client, rt.settings.feed(FEED).index, model, head)
