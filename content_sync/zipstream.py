@@ -1,7 +1,7 @@
 """Stream one zip member's inflated bytes in large chunks, verifying it completely.
 
 zipfile's own reader inflates in 4 KiB steps with Python around each one, which costs more than
-the inflation on a multi-GiB member. Here the compressed bytes are read in 1 MiB chunks straight
+the inflation on a multi-GiB member. Here the compressed bytes are read in 32 KiB chunks straight
 from the member's data (located through its local header, ZIP64 sizes from zipfile's central
 directory parsing) and inflated with zlib. At the end all of these must hold, or SnapshotError:
 the deflate stream ended exactly at the member's end, the inflated size equals the declared one,
@@ -88,16 +88,17 @@ def inflate_member(path: Path, info: zipfile.ZipInfo) -> Iterator[bytes]:
                         "bytes its headers declare"
                     )
                 yield piece
+            if inflater is not None and inflater.eof and (left or inflater.unused_data):
+                # Stop here: read on, every read would be appended to unused_data and copied
+                # with all of it again (quadratic in what the headers overstate).
+                raise _early_end(path, info.filename)
         if inflater is not None:
             tail = inflater.flush()
             if tail:
                 crc, size = inflate_lib.crc32(tail, crc), size + len(tail)
                 yield tail
             if not inflater.eof or inflater.unused_data:
-                raise SnapshotError(
-                    f"{path}: the deflate stream of {info.filename!r} does not end where the "
-                    "member does (truncated, or wrong sizes in its headers)"
-                )
+                raise _early_end(path, info.filename)
     if size != info.file_size:
         raise SnapshotError(
             f"{path}: member {info.filename!r} inflates to {size} bytes, "
@@ -108,6 +109,13 @@ def inflate_member(path: Path, info: zipfile.ZipInfo) -> Iterator[bytes]:
             f"{path}: member {info.filename!r} fails its CRC-32 check "
             f"(computed {crc:08x}, declared {info.CRC:08x})"
         )
+
+
+def _early_end(path: Path, name: str) -> SnapshotError:
+    return SnapshotError(
+        f"{path}: the deflate stream of {name!r} does not end where the member does "
+        "(truncated, or wrong sizes in its headers)"
+    )
 
 
 def _inflate(inflater: Any, data: bytes, path: Path, name: str, done: int) -> Iterator[bytes]:

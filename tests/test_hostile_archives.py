@@ -58,12 +58,20 @@ def plain_zip(path: Path, members: dict[str, bytes], method: int = zipfile.ZIP_D
 
 
 def deflate_zip(
-    path: Path, member: str, parts: list[tuple[bytes, int]], *, declared: int | None = None
+    path: Path,
+    member: str,
+    parts: list[tuple[bytes, int]],
+    *,
+    declared: int | None = None,
+    trailing: bytes = b"",
+    overstated: int = 0,
 ) -> Path:
     """A zip whose one member is `block * times` for each (block, times) of `parts`, in order,
     built in milliseconds whatever its inflated size: each block is deflated once, ending in a
     full flush (a segment that decodes on its own), and the segment is repeated. `declared`
-    replaces the true inflated size in both headers (a lying bomb)."""
+    replaces the true inflated size in both headers (a lying bomb). `trailing` follows the
+    deflate stream inside the member, and the headers state a compressed size `overstated`
+    bytes larger than the member holds."""
     crc = size = 0
     segments: list[tuple[bytes, int]] = []
     for block, times in parts:
@@ -73,7 +81,7 @@ def deflate_zip(
             crc = zlib.crc32(block, crc)
         size += len(block) * times
     final = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS).flush()  # an empty last block
-    compressed = sum(len(s) * t for s, t in segments) + len(final)
+    compressed = sum(len(s) * t for s, t in segments) + len(final) + len(trailing) + overstated
     stated = size if declared is None else declared
     assert compressed < 4 * GiB and stated < 4 * GiB  # no ZIP64 needed
     name = member.encode()
@@ -88,6 +96,7 @@ def deflate_zip(
             for _ in range(times):
                 out.write(segment)
         out.write(final)
+        out.write(trailing)
         directory = out.tell()
         out.write(
             struct.pack(
@@ -237,6 +246,16 @@ CASES: dict[str, Case] = {
         _content(good_line(1) + good_line(2) + good_line(1)), "appears more than once"
     ),
     "not-a-zip": Case(_page, "not a readable zip archive"),
+    # Sizes that lie the other way: the deflate stream ends, then 7 MB of junk, and the headers
+    # claim 100 MB more. Read from disk, this once read on to the end of the file (copying the
+    # junk gathered so far at every read) and said only that the member was truncated.
+    "deflate-stream-ends-early-imported": Case(
+        lambda d, m: deflate_zip(
+            d / "early.zip", m, [(good_line(1), 1)], trailing=GARBAGE * 35, overstated=100 * MiB
+        ),
+        "does not end where the member does",
+        "import",
+    ),
 }
 
 
