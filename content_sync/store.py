@@ -497,18 +497,19 @@ class Store:
         except urllib3.exceptions.ReadTimeoutError as exc:
             raise opensearchpy.ConnectionTimeout("TIMEOUT", str(exc), exc) from exc
         except urllib3.exceptions.HTTPError as exc:
-            # As the client does: with several hosts, the next requests go to the others.
-            transport.mark_dead(connection)
+            _mark_dead(transport, connection)
             raise opensearchpy.ConnectionError("N/A", str(exc), exc) from exc
-        transport.connection_pool.mark_live(connection)
         data: bytes = response.data
         if not 200 <= response.status < 300:
+            if response.status in transport.retry_on_status:  # 502, 503, 504
+                _mark_dead(transport, connection)
             # opensearch-py's mapping of statuses onto its exceptions (429, 404, 409...).
             connection._raise_error(
                 response.status,
                 data.decode("utf-8", "replace"),
                 response.headers.get("content-type"),
             )
+        transport.connection_pool.mark_live(connection)
         return data
 
     def write(
@@ -624,6 +625,13 @@ class Store:
             )
             time.sleep(delay * (0.5 + secrets.randbelow(1000) / 1000))
             todo = retry
+
+
+def _mark_dead(transport: Any, connection: Any) -> None:
+    """As the client does on a connection failure or a 502/503/504: with several hosts, the next
+    requests go to the others for a while. (Only sniffing, which is off, can raise here.)"""
+    with contextlib.suppress(opensearchpy.TransportError):
+        transport.mark_dead(connection)
 
 
 def bulk_answer(raw: bytes) -> dict[str, Any]:

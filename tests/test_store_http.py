@@ -1,9 +1,10 @@
 """Bulk writes and multi-gets go through the connection directly, not through the client's
-request method (Store._post_bytes): a dead host is still skipped, and an answer that is not
-JSON is a clear error."""
+request method (Store._post_bytes): a host that refuses connections or answers 502/503/504 is
+skipped for a while, as the client would, and an answer that is not JSON is a clear error."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -18,13 +19,24 @@ from content_sync.settings import OpenSearchSettings
 from content_sync.store import CONTENT_MAPPING, Store, make_client
 
 
+@pytest.mark.parametrize("failure", ["refused", "503"])
 def test_a_dead_host_is_skipped_after_its_first_failure(
-    os_client: OpenSearch, opensearch_url: str, prefix: str
+    os_client: OpenSearch, opensearch_url: str, prefix: str, failure: str
 ) -> None:
+    with contextlib.ExitStack() as stack:
+        dead = (
+            "http://127.0.0.1:9"
+            if failure == "refused"
+            else stack.enter_context(serving(503, b'{"error":"unavailable"}'))
+        )
+        _write_and_read_through(os_client, opensearch_url, prefix, dead)
+
+
+def _write_and_read_through(os_client: OpenSearch, url: str, prefix: str, dead: str) -> None:
     index = f"{prefix}-hosts"
     os_client.indices.create(index=index, body={"mappings": CONTENT_MAPPING})
     retried: list[TransientError] = []
-    settings = OpenSearchSettings(hosts=["http://127.0.0.1:9", opensearch_url])
+    settings = OpenSearchSettings(hosts=[dead, url])
     store = Store(
         make_client(settings),
         settings,
@@ -45,15 +57,13 @@ def test_a_dead_host_is_skipped_after_its_first_failure(
     assert len(retried) <= 1, [str(e) for e in retried]
 
 
-@pytest.fixture
-def garbage_node() -> Iterator[str]:
-    """A stand-in node that answers every request with 200 and a body that is not JSON."""
+def stand_in(status: int, body: bytes) -> ThreadingHTTPServer:
+    """A stand-in node that answers every POST with `status` and `body`."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             self.rfile.read(int(self.headers["content-length"]))
-            body = b"<html>proxy error</html>"
-            self.send_response(200)
+            self.send_response(status)
             self.send_header("content-type", "application/json")
             self.send_header("content-length", str(len(body)))
             self.end_headers()
@@ -64,13 +74,22 @@ def garbage_node() -> Iterator[str]:
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    return server
 
 
-def test_a_bulk_answer_that_is_not_json_is_a_clear_error(garbage_node: str) -> None:
-    settings = OpenSearchSettings(hosts=[garbage_node])
-    store = Store(make_client(settings), settings, RetryPolicy(attempts=1))
-    with pytest.raises(StoreError, match=r"bulk answer not understood.*proxy error"):
-        store.write("content", [("index", "CVE-1", b'{"offset":1}', 1)])
+@contextlib.contextmanager
+def serving(status: int, body: bytes) -> Iterator[str]:
+    server = stand_in(status, body)
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_bulk_answer_that_is_not_json_is_a_clear_error() -> None:
+    with serving(200, b"<html>proxy error</html>") as url:
+        settings = OpenSearchSettings(hosts=[url])
+        store = Store(make_client(settings), settings, RetryPolicy(attempts=1))
+        with pytest.raises(StoreError, match=r"bulk answer not understood.*proxy error"):
+            store.write("content", [("index", "CVE-1", b'{"offset":1}', 1)])
