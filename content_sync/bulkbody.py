@@ -32,7 +32,9 @@ class BodyBuffers:
 
     @contextlib.contextmanager
     def body(self, items: Sequence[Item]) -> Iterator[memoryview]:
-        """The NDJSON body of `items`, valid until the block ends."""
+        """The NDJSON body of `items`, valid until the block ends: the buffer then goes back to
+        the free list, so no view of it may outlive the block (the HTTP request is over by
+        then). If the block raises, the buffer is dropped rather than reused."""
         size = sum(len(a) + (len(s) + 1 if s is not None else 0) for a, s in items)
         with self._lock:
             buffer = self._free.pop() if self._free else bytearray()

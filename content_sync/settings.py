@@ -306,7 +306,8 @@ class SyncSettings(_Section):
     # A newer snapshot that skips more changes than this (its offset minus the local one) is
     # loaded, then the rest patched; otherwise the changes are replayed. From bench/ (session
     # 6): 5,700-6,200 snapshot documents/s and 4,300-6,200 changes/s on the same machine, so the
-    # real feed's 336,000 resources load in the time of ~230,000-370,000 changes.
+    # real feed's 336,000 resources load in the time of ~230,000-370,000 changes (over the
+    # Internet both are slower: the archive's download, one feed request a window).
     snapshot_threshold: int = Field(default=250_000, ge=1)
     temp_dir: Path | None = None
     max_archive_bytes: int = Field(default=20 * GiB, gt=0)
