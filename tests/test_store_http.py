@@ -5,9 +5,13 @@ skipped for a while, as the client would, and an answer that is not JSON is a cl
 from __future__ import annotations
 
 import contextlib
+import json
 import threading
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import pytest
 from opensearchpy import OpenSearch
@@ -16,7 +20,7 @@ from content_sync.errors import StoreError, TransientError
 from content_sync.lazydoc import decoded
 from content_sync.retry import RetryPolicy
 from content_sync.settings import OpenSearchSettings
-from content_sync.store import CONTENT_MAPPING, Store, make_client
+from content_sync.store import CONTENT_MAPPING, BulkOp, Store, make_client
 
 
 @pytest.mark.parametrize("failure", ["refused", "503"])
@@ -93,3 +97,111 @@ def test_a_bulk_answer_that_is_not_json_is_a_clear_error() -> None:
         store = Store(make_client(settings), settings, RetryPolicy(attempts=1))
         with pytest.raises(StoreError, match=r"bulk answer not understood.*proxy error"):
             store.write("content", [("index", "CVE-1", b'{"offset":1}', 1)])
+
+
+class RejectingProxy:
+    """In front of the real node: the first time a bulk request carries a document whose number
+    is odd, that item is not forwarded and is answered 429 (the node's queue is full), as the
+    node answers items it rejects; everything else goes to the node as sent."""
+
+    def __init__(self, node: str) -> None:
+        self.node = node
+        self.bulk_bodies: list[bytes] = []
+        self.rejected: set[str] = set()
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["content-length"]))
+                if self.path.startswith("/_bulk"):
+                    status, answer = proxy.bulk(self.path, body)
+                else:
+                    status, answer = proxy.forward(self.path, body)
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._lock = threading.Lock()
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def forward(self, path: str, body: bytes) -> tuple[int, bytes]:
+        request = urllib.request.Request(
+            self.node + path, body, {"content-type": "application/json"}, method="POST"
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=30) as answer:
+                return answer.status, answer.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+
+    def bulk(self, path: str, body: bytes) -> tuple[int, bytes]:
+        lines = body.splitlines(keepends=True)
+        items = [(lines[i], lines[i + 1]) for i in range(0, len(lines), 2)]
+        keep: list[bytes] = []
+        outcome: list[dict[str, Any] | None] = []
+        with self._lock:
+            self.bulk_bodies.append(body)
+            for action, source in items:
+                name = json.loads(action)["index"]["_id"]
+                if int(name.rsplit("-", 1)[1]) % 2 and name not in self.rejected:
+                    self.rejected.add(name)
+                    outcome.append({"index": {"status": 429, "error": {"type": "rejected"}}})
+                else:
+                    keep.append(action + source)
+                    outcome.append(None)
+        forwarded: list[Any] = []
+        if keep:
+            status, answer = self.forward(path, b"".join(keep))
+            assert status == 200, answer
+            forwarded = json.loads(answer).get("items", [{"index": {"status": 201}}] * len(keep))
+        node = iter(forwarded)
+        merged = [o if o is not None else next(node) for o in outcome]
+        return 200, json.dumps({"errors": True, "items": merged}).encode()
+
+
+def test_bulk_items_rejected_with_429_are_sent_again_alone_and_land(
+    os_client: OpenSearch, opensearch_url: str, prefix: str
+) -> None:
+    index = f"{prefix}-rejected"
+    os_client.indices.create(index=index, body={"mappings": CONTENT_MAPPING})
+    proxy = RejectingProxy(opensearch_url)
+    try:
+        settings = OpenSearchSettings(hosts=[proxy.url], bulk_docs=7)
+        store = Store(
+            make_client(settings), settings, RetryPolicy(attempts=3, initial=0.001, max_wait=0.01)
+        )
+        sources = {
+            f"CVE-2026-{i}": b'{"offset":%d,"version":2,"document":{"n":%d,"pad":"%s"}}'
+            % (i, i, b"x" * (i * 37))
+            for i in range(1, 41)
+        }
+        ops: list[BulkOp] = [("index", n, s, int(n.rsplit("-", 1)[1])) for n, s in sources.items()]
+        stats = store.write(index, ops, concurrency=2)
+    finally:
+        proxy.server.shutdown()
+        proxy.server.server_close()
+    odd = {n for n in sources if int(n.rsplit("-", 1)[1]) % 2}
+    assert proxy.rejected == odd
+    assert stats.item_retries == len(odd) and stats.docs == 40 + len(odd)
+    # Each retry carried only its own chunk's rejected items, byte for byte as first sent: the
+    # reused buffers held no stale bytes of another request.
+    sent: dict[str, list[bytes]] = {}
+    for body in proxy.bulk_bodies:
+        lines = body.splitlines(keepends=True)
+        for i in range(0, len(lines), 2):
+            name = json.loads(lines[i])["index"]["_id"]
+            sent.setdefault(name, []).append(lines[i] + lines[i + 1])
+    for name, copies in sent.items():
+        assert len(copies) == (2 if name in odd else 1), name
+        assert all(c.endswith(sources[name] + b"\n") for c in copies), name
+        assert copies[0] == copies[-1]
+    os_client.indices.refresh(index=index)
+    hits = os_client.search(index=index, body={"size": 100})["hits"]["hits"]
+    assert {h["_id"]: h["_source"] for h in hits} == {n: json.loads(s) for n, s in sources.items()}
