@@ -9,7 +9,7 @@ import json
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -31,7 +31,7 @@ def test_a_dead_host_is_skipped_after_its_first_failure(
         dead = (
             "http://127.0.0.1:9"
             if failure == "refused"
-            else stack.enter_context(serving(503, b'{"error":"unavailable"}'))
+            else stack.enter_context(serving(lambda _p, _b: (503, b'{"error":"unavailable"}')))
         )
         _write_and_read_through(os_client, opensearch_url, prefix, dead)
 
@@ -61,29 +61,27 @@ def _write_and_read_through(os_client: OpenSearch, url: str, prefix: str, dead: 
     assert len(retried) <= 1, [str(e) for e in retried]
 
 
-def stand_in(status: int, body: bytes) -> ThreadingHTTPServer:
-    """A stand-in node that answers every POST with `status` and `body`."""
+Answer = Callable[[str, bytes], tuple[int, bytes]]
+
+
+@contextlib.contextmanager
+def serving(answer: Answer) -> Iterator[str]:
+    """A stand-in node on loopback: every POST (path, body) gets `answer`'s (status, body)."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
-            self.rfile.read(int(self.headers["content-length"]))
+            status, reply = answer(self.path, self.rfile.read(int(self.headers["content-length"])))
             self.send_response(status)
             self.send_header("content-type", "application/json")
-            self.send_header("content-length", str(len(body)))
+            self.send_header("content-length", str(len(reply)))
             self.end_headers()
-            self.wfile.write(body)
+            self.wfile.write(reply)
 
         def log_message(self, *args: object) -> None:
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
-
-
-@contextlib.contextmanager
-def serving(status: int, body: bytes) -> Iterator[str]:
-    server = stand_in(status, body)
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}"
     finally:
@@ -91,8 +89,14 @@ def serving(status: int, body: bytes) -> Iterator[str]:
         server.server_close()
 
 
+def bulk_items(body: bytes) -> list[tuple[bytes, bytes]]:
+    """(action line, source line) pairs of an NDJSON bulk body of index actions."""
+    lines = body.splitlines(keepends=True)
+    return [(lines[i], lines[i + 1]) for i in range(0, len(lines), 2)]
+
+
 def test_a_bulk_answer_that_is_not_json_is_a_clear_error() -> None:
-    with serving(200, b"<html>proxy error</html>") as url:
+    with serving(lambda _path, _body: (200, b"<html>proxy error</html>")) as url:
         settings = OpenSearchSettings(hosts=[url])
         store = Store(make_client(settings), settings, RetryPolicy(attempts=1))
         with pytest.raises(StoreError, match=r"bulk answer not understood.*proxy error"):
@@ -108,28 +112,10 @@ class RejectingProxy:
         self.node = node
         self.bulk_bodies: list[bytes] = []
         self.rejected: set[str] = set()
-        proxy = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["content-length"]))
-                if self.path.startswith("/_bulk"):
-                    status, answer = proxy.bulk(self.path, body)
-                else:
-                    status, answer = proxy.forward(self.path, body)
-                self.send_response(status)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(answer)))
-                self.end_headers()
-                self.wfile.write(answer)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self._lock = threading.Lock()
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def answer(self, path: str, body: bytes) -> tuple[int, bytes]:
+        return self.bulk(path, body) if path.startswith("/_bulk") else self.forward(path, body)
 
     def forward(self, path: str, body: bytes) -> tuple[int, bytes]:
         request = urllib.request.Request(
@@ -142,13 +128,11 @@ class RejectingProxy:
             return exc.code, exc.read()
 
     def bulk(self, path: str, body: bytes) -> tuple[int, bytes]:
-        lines = body.splitlines(keepends=True)
-        items = [(lines[i], lines[i + 1]) for i in range(0, len(lines), 2)]
         keep: list[bytes] = []
         outcome: list[dict[str, Any] | None] = []
         with self._lock:
             self.bulk_bodies.append(body)
-            for action, source in items:
+            for action, source in bulk_items(body):
                 name = json.loads(action)["index"]["_id"]
                 if int(name.rsplit("-", 1)[1]) % 2 and name not in self.rejected:
                     self.rejected.add(name)
@@ -172,8 +156,8 @@ def test_bulk_items_rejected_with_429_are_sent_again_alone_and_land(
     index = f"{prefix}-rejected"
     os_client.indices.create(index=index, body={"mappings": CONTENT_MAPPING})
     proxy = RejectingProxy(opensearch_url)
-    try:
-        settings = OpenSearchSettings(hosts=[proxy.url], bulk_docs=7)
+    with serving(proxy.answer) as url:
+        settings = OpenSearchSettings(hosts=[url], bulk_docs=7)
         store = Store(
             make_client(settings), settings, RetryPolicy(attempts=3, initial=0.001, max_wait=0.01)
         )
@@ -184,9 +168,6 @@ def test_bulk_items_rejected_with_429_are_sent_again_alone_and_land(
         }
         ops: list[BulkOp] = [("index", n, s, int(n.rsplit("-", 1)[1])) for n, s in sources.items()]
         stats = store.write(index, ops, concurrency=2)
-    finally:
-        proxy.server.shutdown()
-        proxy.server.server_close()
     odd = {n for n in sources if int(n.rsplit("-", 1)[1]) % 2}
     assert proxy.rejected == odd
     assert stats.item_retries == len(odd) and stats.docs == 40 + len(odd)
@@ -194,10 +175,9 @@ def test_bulk_items_rejected_with_429_are_sent_again_alone_and_land(
     # reused buffers held no stale bytes of another request.
     sent: dict[str, list[bytes]] = {}
     for body in proxy.bulk_bodies:
-        lines = body.splitlines(keepends=True)
-        for i in range(0, len(lines), 2):
-            name = json.loads(lines[i])["index"]["_id"]
-            sent.setdefault(name, []).append(lines[i] + lines[i + 1])
+        for action, source in bulk_items(body):
+            name = json.loads(action)["index"]["_id"]
+            sent.setdefault(name, []).append(action + source)
     for name, copies in sent.items():
         assert len(copies) == (2 if name in odd else 1), name
         assert all(c.endswith(sources[name] + b"\n") for c in copies), name
