@@ -13,10 +13,16 @@ import contextlib
 import threading
 from collections.abc import Iterator, Sequence
 
-__all__ = ["BodyBuffers"]
+__all__ = ["BodyBuffers", "Item", "item_bytes"]
 
 # (action line with its newline, source or None); the source gets its newline here.
 Item = tuple[bytes, bytes | None]
+
+
+def item_bytes(action: bytes, source: bytes | None) -> int:
+    """What one item adds to a body: the chunker bounds chunks by it, so a body of a chunk never
+    exceeds bulk_bytes unless one item does."""
+    return len(action) + (len(source) + 1 if source is not None else 0)
 
 
 class BodyBuffers:
@@ -35,7 +41,7 @@ class BodyBuffers:
         """The NDJSON body of `items`, valid until the block ends: the buffer then goes back to
         the free list, so no view of it may outlive the block (the HTTP request is over by
         then). If the block raises, the buffer is dropped rather than reused."""
-        size = sum(len(a) + (len(s) + 1 if s is not None else 0) for a, s in items)
+        size = sum(item_bytes(action, source) for action, source in items)
         with self._lock:
             buffer = self._free.pop() if self._free else bytearray()
         if len(buffer) < size:

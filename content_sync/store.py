@@ -30,7 +30,7 @@ from opensearchpy import JSONSerializer, OpenSearch
 from opensearchpy.exceptions import SerializationError
 
 from content_sync import failpoints
-from content_sync.bulkbody import BodyBuffers
+from content_sync.bulkbody import BodyBuffers, item_bytes
 from content_sync.errors import LeaseLostError, StoreError, StoreUnavailable
 from content_sync.retry import RetryPolicy
 from content_sync.settings import OpenSearchSettings
@@ -573,7 +573,7 @@ class Store:
                     version,
                 )
             )
-            item_size = len(action) + (len(source) + 1 if source is not None else 0)
+            item_size = item_bytes(action, source)
             if chunk and (len(chunk) >= max_docs or size + item_size > max_bytes):
                 yield chunk
                 chunk, size = [], 0
