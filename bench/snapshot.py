@@ -9,13 +9,17 @@ For each size N (resources of ~12 KB from the local feed), in one run on the sam
 - naive:   extract the zip to disk, json.loads every line, opensearchpy.helpers.bulk with its
   defaults, one request at a time.
 
-Usage: python bench/snapshot.py [--sizes 50000,200000] [--skip-naive]
+Usage: python bench/snapshot.py [--sizes 50000,200000] [--skip-naive] [--repeat 3]
+
+Each size runs `--repeat` rounds of a product run and a limit run, alternating which goes
+first. The table compares the best of each; each round's pair is also printed as a ratio.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import tempfile
 import time
 import zipfile
@@ -199,11 +203,18 @@ def bench_size(n: int, url: str, skip_naive: bool, repeat: int) -> dict[str, Any
         model.close()
     os_client.indices.delete(index=f"{prefix}*", ignore_unavailable=True, expand_wildcards="all")
     by = {r.name: r for r in runs}
+    # Each round's product against the limit run next to it: the machine's speed drifts over
+    # minutes (the limit's own time moved by 25% between runs), and a pair shares its moment.
+    paired = [
+        round(lim.seconds / prod.seconds, 3) for prod, lim in zip(products, limits, strict=True)
+    ]
     return {
         "resources": n,
         "runs": [r.row() for r in runs],
         "all_runs": [r.row() for r in products + limits],
         "product_vs_limit": round(by["product"].docs_per_s / by["limit"].docs_per_s, 3),
+        "paired_vs_limit": paired,
+        "paired_median": statistics.median(paired),
         "product_vs_naive": round(by["product"].docs_per_s / by["naive"].docs_per_s, 2)
         if "naive" in by
         else None,
@@ -217,7 +228,10 @@ def main() -> None:
     parser.add_argument("--sizes", default="50000,200000")
     parser.add_argument("--skip-naive", action="store_true")
     parser.add_argument(
-        "--repeat", type=int, default=2, help="product and limit runs per size (best is shown)"
+        "--repeat",
+        type=int,
+        default=3,
+        help="rounds of a product and a limit run per size (the best of each is shown)",
     )
     args = parser.parse_args()
     url = opensearch_url()
@@ -254,6 +268,12 @@ def main() -> None:
             )
     print(f"\nSnapshot initialisation, OpenSearch {version}, 2 bulk requests in flight\n")
     print(table(rows))
+    for res in results:
+        rounds = ", ".join(f"{x:.2f}" for x in res["paired_vs_limit"])
+        print(
+            f"\n{res['resources']}: each round's product vs its limit run {rounds}; "
+            f"median {res['paired_median']:.2f}"
+        )
     rss = [next(r for r in res["runs"] if r["name"] == "product")["peak_rss_mb"] for res in results]
     if len(rss) > 1:
         print(
