@@ -2,6 +2,6 @@
 
 import sys
 
-from content_sync.cli import main
+from content_sync.cli import entry
 
-sys.exit(main())
+sys.exit(entry())

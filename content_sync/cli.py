@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import logging
 import signal
@@ -73,6 +74,16 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("check", parents=[common], help="validate settings and reach every endpoint")
     return parser
+
+
+def entry() -> int:
+    """The `content-sync` command (console script and `python -m content_sync`)."""
+    # What the imports built lives as long as the process. Frozen, the collector never walks it
+    # again: not in a service's later full collections, nor in the ones the interpreter runs at
+    # exit, which took 50-140 ms of every `content-sync sync` (15 ms frozen). Not done in
+    # main(): a test calling it would freeze its own process's garbage.
+    gc.freeze()
+    return main()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
