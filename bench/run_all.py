@@ -7,6 +7,7 @@ import sys
 
 BENCHES = [
     ["-m", "bench.snapshot"],
+    ["-m", "bench.phases"],
     ["-m", "bench.overlap"],
     ["-m", "bench.patching"],
     ["-m", "bench.changes"],

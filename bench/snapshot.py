@@ -1,11 +1,13 @@
 """Snapshot initialisation: the product end to end against the limit and a naive baseline.
 
 For each size N (resources of ~12 KB from the local feed), in one run on the same node:
-- product: `content-sync sync` (a real process) on a fresh feed: download, stream, parse with
-  ijson, bulk-load a new index, verify, swap. Wall time and peak RSS of that process.
+- product: `content-sync sync` (a real process, from its start to its exit) on a fresh feed:
+  download, stream, parse (msgspec; ijson for a line of another layout), bulk-load a new index,
+  verify, swap. Wall time, peak RSS and CPU time of that process.
 - limit:   the same documents as ready-made bulk bodies (built beforehand, the product's own
   chunking: same count/byte bounds), same index settings and concurrency, posted straight to the
-  node: no download, no parsing. What the node can take.
+  node: no download, no parsing. What the node can take. Timed from its first request to the
+  refresh that ends it (the index is created before, and nothing has a process to start).
 - naive:   extract the zip to disk, json.loads every line, opensearchpy.helpers.bulk with its
   defaults, one request at a time.
 
