@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import re
 import signal
@@ -47,7 +48,8 @@ def start_service(service_config: Path, tmp_path: Path) -> Iterator[Callable[[st
 
     def start(name: str) -> tuple[subprocess.Popen[str], Path]:
         log = tmp_path / f"{name}.log"
-        env = clean_env()
+        # faulthandler: a service that does not stop can be asked for every thread's stack.
+        env = clean_env(PYTHONFAULTHANDLER="1")
         proc = subprocess.Popen(
             [SCRIPT, "run", "--config", str(service_config)],
             stdout=subprocess.DEVNULL,
@@ -63,6 +65,18 @@ def start_service(service_config: Path, tmp_path: Path) -> Iterator[Callable[[st
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def exit_code(proc: subprocess.Popen[str], log: Path, timeout: float = 60) -> int:
+    """The service's exit code once it stops; if it does not stop in time, fail with every
+    thread's stack (SIGABRT makes faulthandler write them to its log)."""
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=10)
+        pytest.fail(f"the service did not stop within {timeout} s:\n{log.read_text()[-20000:]}")
 
 
 def state(os_client: OpenSearch, prefix: str) -> dict[str, Any]:
@@ -94,7 +108,7 @@ def test_run_picks_up_new_changes_and_stops_cleanly_on_sigterm(
     head = model.append_changes(3000)
     wait_for(lambda: state(os_client, prefix).get("status") == "running", 30, "a running cycle")
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=60) == 0
+    assert exit_code(proc, log) == 0
     final = state(os_client, prefix)
     assert final["status"] == "ready" and final["lease_owner"] is None
     assert (final["local_offset"] - start) % 50 == 0  # a window boundary
@@ -148,4 +162,4 @@ def test_two_services_one_writer_and_takeover_after_a_kill(
     assert final["status"] == "ready" or final["lease_owner"].split(":")[1] == str(survivor.pid)
     assert_matches_truth(os_client, f"{prefix}-cve", model, head)
     survivor.send_signal(signal.SIGTERM)
-    assert survivor.wait(timeout=60) == 0
+    assert exit_code(survivor, log_a if survivor is a else log_b) == 0
