@@ -80,7 +80,7 @@ def entry() -> int:
     """The `content-sync` command (console script and `python -m content_sync`)."""
     # What the imports built lives as long as the process. Frozen, the collector never walks it
     # again: not in a service's later full collections, nor in the ones the interpreter runs at
-    # exit, which took 50-140 ms of every `content-sync sync` (15 ms frozen). Not done in
+    # exit, which took 60-140 ms of every `content-sync sync` (11-17 ms frozen). Not done in
     # main(): a test calling it would freeze its own process's garbage.
     gc.freeze()
     return main()
