@@ -47,8 +47,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-# What a bulk answer needs to say: whether any item failed, and which, with why.
-_BULK_PARAMS = {"filter_path": "errors,items.*.status,items.*.error"}
+# What a bulk answer needs to say: whether any item failed, and which, with why; and the node's
+# own time for it (logged at DEBUG: a slow load is then the node's or this process's).
+_BULK_PARAMS = {"filter_path": "took,errors,items.*.status,items.*.error"}
 
 Status = Literal["running", "ready", "failed"]
 # ("index", id, source bytes, offset) or ("delete", id, None, offset). The offset becomes the
@@ -587,6 +588,7 @@ class Store:
         attempt = 0
         while todo:
             with self._bodies.body(todo) as body:
+                started = time.monotonic()
                 result = self._call(
                     f"bulk request of {len(todo)} items",
                     lambda body=body: bulk_answer(  # type: ignore[misc]
@@ -594,6 +596,13 @@ class Store:
                     ),
                 )
                 stats.add(len(todo), len(body))
+                log.debug(
+                    "bulk request of %d items (%d bytes) answered in %.0f ms; node took %s ms",
+                    len(todo),
+                    len(body),
+                    (time.monotonic() - started) * 1000,
+                    result.get("took"),
+                )
             if not result.get("errors"):
                 failpoints.hit("bulk-done")
                 return

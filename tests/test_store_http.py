@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
+import re
 import threading
 import urllib.error
 import urllib.request
@@ -185,3 +187,27 @@ def test_bulk_items_rejected_with_429_are_sent_again_alone_and_land(
     os_client.indices.refresh(index=index)
     hits = os_client.search(index=index, body={"size": 100})["hits"]["hits"]
     assert {h["_id"]: h["_source"] for h in hits} == {n: json.loads(s) for n, s in sources.items()}
+
+
+def test_each_bulk_request_is_logged_at_debug_with_the_nodes_own_time(
+    os_client: OpenSearch, opensearch_url: str, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A slow load is then either the node's (its `took`) or this process's (the rest)."""
+    index = f"{prefix}-took"
+    os_client.indices.create(index=index, body={"mappings": CONTENT_MAPPING})
+    settings = OpenSearchSettings(hosts=[opensearch_url], bulk_docs=4)
+    store = Store(make_client(settings), settings, RetryPolicy())
+    ops: list[BulkOp] = [
+        ("index", f"CVE-2026-{i}", b'{"offset":%d,"version":1,"document":{}}' % i, i)
+        for i in range(1, 11)
+    ]
+    caplog.set_level(logging.DEBUG, logger="content_sync.store")
+    store.write(index, ops, concurrency=2)
+    lines = [r.getMessage() for r in caplog.records if r.name == "content_sync.store"]
+    pattern = re.compile(
+        r"bulk request of (\d+) items \(\d+ bytes\) answered in \d+ ms; node took (\d+) ms"
+    )
+    matched = [m for line in lines if (m := pattern.fullmatch(line))]
+    assert sorted(int(m[1]) for m in matched) == [2, 4, 4], lines
+    os_client.indices.refresh(index=index)
+    assert os_client.count(index=index)["count"] == 10
