@@ -8,6 +8,10 @@ count, swap, state). So the product's seconds = index ready + all + end. The lim
 answers are timed in this process, from its first request. Both load the same documents in the
 same round.
 
+Per bulk request (medians): the node's own time (`took` in its answer) and the time until the
+answer came back, as the product logs them and as the limit measures them. The node doing the
+same requests more slowly beside the product says the two share the machine's cores.
+
 Usage: python -m bench.phases [--size 50000] [--repeat 2]
 """
 
@@ -15,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import re
+import statistics
 import subprocess
 import tempfile
 import time
@@ -49,10 +55,16 @@ class Phases:
     half: float
     last: float  # ... -> the last bulk answer
     end: float  # last bulk answer -> the end of the run
+    took_ms: float  # median over the bulk requests: the node's own time
+    answer_ms: float  # median: request sent -> answer back
 
 
 def _at(answers: list[float], share: float) -> float:
     return answers[max(0, round(len(answers) * share) - 1)]
+
+
+# The product's DEBUG line for each bulk request (content_sync.store).
+_BULK_LINE = re.compile(r"answered in (\d+) ms; node took (\d+) ms")
 
 
 def _stamp(line: str) -> float | None:
@@ -74,6 +86,9 @@ def product_phases(config: Path, index_prefix: str) -> Phases:
         t for t, line in lines if f'"PUT /{index_prefix}.v' in line and "_settings" not in line
     )
     rel = [t - ready for t in answers]
+    timings = [(int(m[1]), int(m[2])) for _, line in lines if (m := _BULK_LINE.search(line))]
+    if len(timings) != len(answers):
+        raise SystemExit(f"{len(answers)} bulk answers but {len(timings)} bulk lines logged")
     return Phases(
         "product",
         ended - started,
@@ -84,6 +99,8 @@ def product_phases(config: Path, index_prefix: str) -> Phases:
         _at(rel, 0.5),
         rel[-1],
         ended - answers[-1],
+        statistics.median(took for _, took in timings),
+        statistics.median(answer for answer, _ in timings),
     )
 
 
@@ -91,12 +108,18 @@ def limit_phases(url: str, model: FeedModel, work: Path, index: str) -> Phases:
     os_client = client(url)
     calls: list[float] = []
     answers: list[float] = []
+    took: list[int] = []
+    answer_ms: list[float] = []
     bulk = os_client.bulk
 
     def timed(*args: Any, **kwargs: Any) -> Any:
-        calls.append(time.time())
+        kwargs["params"] = {**kwargs.get("params", {}), "filter_path": "took,errors"}
+        sent = time.time()
+        calls.append(sent)
         result = bulk(*args, **kwargs)
         answers.append(time.time())
+        took.append(result["took"])
+        answer_ms.append((answers[-1] - sent) * 1000)
         return result
 
     os_client.bulk = timed
@@ -115,6 +138,8 @@ def limit_phases(url: str, model: FeedModel, work: Path, index: str) -> Phases:
         _at(rel, 0.5),
         rel[-1],
         run.seconds - rel[-1],
+        statistics.median(took),
+        statistics.median(answer_ms),
     )
 
 
@@ -150,12 +175,14 @@ def main() -> None:
                         runs.append(limit_phases(url, model, work, f"{prefix}-limit"))
         model.close()
     os_client.indices.delete(index=f"{prefix}*", ignore_unavailable=True, expand_wildcards="all")
-    rows = [["run", "seconds", "start-up", "index ready", "1st answer", "10%", "50%", "all", "end"]]
+    head = ["run", "seconds", "start-up", "index ready", "1st answer", "10%", "50%", "all"]
+    rows = [[*head, "end", "node ms/bulk", "answer ms/bulk"]]
     for p in runs:
         rows.append(
             [p.name, f"{p.seconds:.2f}"]
             + ["-" if x is None else f"{x:.2f}" for x in (p.start, p.ready)]
             + [f"{x:.2f}" for x in (p.first, p.tenth, p.half, p.last, p.end)]
+            + [f"{p.took_ms:.0f}", f"{p.answer_ms:.0f}"]
         )
     print(f"\nSnapshot initialisation of {args.size} resources, phase by phase (seconds)")
     print("product: from the new index being ready; limit: from its first request\n")
