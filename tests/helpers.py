@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from opensearchpy import OpenSearch, helpers
 
 from content_sync.runtime import Runtime
@@ -35,6 +39,18 @@ def wait_for(check: Callable[[], bool], timeout: float, what: str, every: float 
             return
         time.sleep(every)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def exit_code(proc: subprocess.Popen[Any], log: Path, timeout: float = 60) -> int:
+    """A service's exit code once it stops; if it does not stop in time, fail with every
+    thread's stack (started with PYTHONFAULTHANDLER=1, SIGABRT makes it write them to `log`)."""
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=10)
+        pytest.fail(f"the service did not stop within {timeout} s:\n{log.read_text()[-20000:]}")
 
 
 def settings_dict(

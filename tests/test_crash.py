@@ -40,7 +40,7 @@ from opensearchpy import OpenSearch, helpers
 
 from content_sync.testing.model import FeedModel
 from content_sync.testing.server import FeedServer
-from tests.helpers import assert_matches_truth, clean_env, settings_dict, wait_for
+from tests.helpers import assert_matches_truth, clean_env, exit_code, settings_dict, wait_for
 from tests.reliability import TALLY, rng, scale
 from tests.test_cli import SCRIPT
 
@@ -504,7 +504,7 @@ def test_a_dead_holder_blocks_only_until_its_lease_expires(
             [SCRIPT, "run", "--config", str(config)],
             stdout=subprocess.DEVNULL,
             stderr=log.open("w"),
-            env=clean_env(),
+            env=clean_env(PYTHONFAULTHANDLER="1"),
         )
         try:
             wait_for(
@@ -514,7 +514,7 @@ def test_a_dead_holder_blocks_only_until_its_lease_expires(
             )
         finally:
             service.send_signal(signal.SIGTERM)
-            assert service.wait(timeout=60) == 0
+            assert exit_code(service, log) == 0
         text = log.read_text()
         assert f"being synchronised by {owner}" in text  # it did find the feed held first
         assert "Traceback" not in text

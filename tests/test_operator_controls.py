@@ -20,7 +20,14 @@ from content_sync.service import Service
 from content_sync.settings import Settings
 from content_sync.testing.model import FeedModel
 from content_sync.testing.server import FeedServer
-from tests.helpers import FEED, assert_matches_truth, clean_env, settings_dict, wait_for
+from tests.helpers import (
+    FEED,
+    assert_matches_truth,
+    clean_env,
+    exit_code,
+    settings_dict,
+    wait_for,
+)
 from tests.test_cli import SCRIPT, cli, write_config
 
 
@@ -173,7 +180,7 @@ def test_service_started_before_opensearch_waits_for_it(
     assert time.monotonic() - started < 30
 
     log = tmp_path / "run.log"
-    env = clean_env()
+    env = clean_env(PYTHONFAULTHANDLER="1")
     proc = subprocess.Popen(
         [SCRIPT, "run", "--config", str(config)],
         stdout=subprocess.DEVNULL,
@@ -191,7 +198,7 @@ def test_service_started_before_opensearch_waits_for_it(
             )
         finally:
             proc.send_signal(signal.SIGTERM)
-            assert proc.wait(timeout=60) == 0
+            assert exit_code(proc, log) == 0
             relay.close()
     finally:
         if proc.poll() is None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import re
 import signal
@@ -17,7 +16,7 @@ import pytest
 from opensearchpy import OpenSearch
 
 from content_sync.testing.server import FeedServer
-from tests.helpers import assert_matches_truth, clean_env, settings_dict, wait_for
+from tests.helpers import assert_matches_truth, clean_env, exit_code, settings_dict, wait_for
 from tests.test_cli import SCRIPT, write_config
 
 STATE_ID = "vd_1.0.0_vd_4.8.0"
@@ -65,18 +64,6 @@ def start_service(service_config: Path, tmp_path: Path) -> Iterator[Callable[[st
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-
-
-def exit_code(proc: subprocess.Popen[str], log: Path, timeout: float = 60) -> int:
-    """The service's exit code once it stops; if it does not stop in time, fail with every
-    thread's stack (SIGABRT makes faulthandler write them to its log)."""
-    try:
-        return proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGABRT)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=10)
-        pytest.fail(f"the service did not stop within {timeout} s:\n{log.read_text()[-20000:]}")
 
 
 def state(os_client: OpenSearch, prefix: str) -> dict[str, Any]:
