@@ -2,15 +2,21 @@
 
 Only TransientError is retried. `Retry-After: 0` still backs off (the real feed sends it while it
 keeps rate-limiting). The policy is data, built once from the settings and shared by every client.
+
+A shutdown does not wait for a backoff: with the defaults one wait lasts up to a minute and a
+call retries for up to 15 minutes, longer than systemd (120 s) or Docker (10 s) give a stopping
+service. Once `stop` is set, a call that would wait to retry raises Stopped instead; what it was
+doing is then left as a kill would leave it (not recorded), which every caller already copes with.
 """
 
 from __future__ import annotations
 
 import email.utils
 import logging
+import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 from tenacity import (
@@ -22,7 +28,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from content_sync.errors import TransientError
+from content_sync.errors import Stopped, TransientError
 from content_sync.settings import RetrySettings
 
 __all__ = ["RetryPolicy", "parse_retry_after"]
@@ -52,6 +58,8 @@ class RetryPolicy:
     max_wait: float = 60.0
     budget: float = 900.0
     on_retry: Callable[[TransientError], None] | None = None
+    # Set: the process is stopping, and waits to retry end at once (Stopped).
+    stop: threading.Event | None = field(default=None, compare=False)
 
     @classmethod
     def from_settings(cls, s: RetrySettings) -> RetryPolicy:
@@ -72,6 +80,13 @@ class RetryPolicy:
             if self.on_retry is not None:
                 self.on_retry(exc)
 
+    def sleep(self, seconds: float) -> None:
+        """Wait before a retry; raises Stopped if the process is stopping (or starts to)."""
+        if self.stop is None:
+            time.sleep(seconds)
+        elif self.stop.wait(seconds):
+            raise Stopped("stopping: not waiting to retry")
+
     def call(self, fn: Callable[[], T]) -> T:
         """Run fn, retrying TransientError; the last error is re-raised when the budget is spent."""
         retrying = Retrying(
@@ -79,6 +94,7 @@ class RetryPolicy:
             stop=stop_after_attempt(self.attempts) | stop_after_delay(self.budget),
             wait=self._wait,
             before_sleep=self._before_sleep,
+            sleep=self.sleep,
             reraise=True,
         )
         return retrying(fn)

@@ -59,7 +59,9 @@ class Runtime:
         retry = RetryPolicy.from_settings(self.settings.retry)
         if self.quick:
             retry = RetryPolicy(attempts=2, initial=0.5, max_wait=2.0, budget=10.0)
-        self.retry = replace(retry, on_retry=lambda exc: events.retry(current_feed(), exc.cause))
+        self.retry = replace(
+            retry, on_retry=lambda exc: events.retry(current_feed(), exc.cause), stop=self.stop
+        )
         self.client = FeedClient(self.settings.cti, self.retry)
         self.store = Store(
             make_client(self.settings.opensearch), self.settings.opensearch, self.retry

@@ -632,7 +632,7 @@ class Store:
             log.warning(
                 "OpenSearch rejected %d bulk items (429); retrying in %.1f s", len(retry), delay
             )
-            time.sleep(delay * (0.5 + secrets.randbelow(1000) / 1000))
+            self._retry.sleep(delay * (0.5 + secrets.randbelow(1000) / 1000))
             todo = retry
 
 

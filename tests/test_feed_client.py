@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import os
 import stat
+import threading
+import time
 from pathlib import Path
 
 import httpx
 import pytest
 import respx
 
-from content_sync.errors import BadFeedAnswer, DisallowedHost, FeedUnavailable, SnapshotError
+from content_sync.errors import (
+    BadFeedAnswer,
+    DisallowedHost,
+    FeedUnavailable,
+    SnapshotError,
+    Stopped,
+)
 from content_sync.feed import FeedClient
 from content_sync.retry import RetryPolicy
 from content_sync.settings import CTISettings
@@ -101,6 +109,27 @@ def test_retry_budget_exhausted_raises_transient() -> None:
     respx.get(CONSUMER).respond(502)
     with pytest.raises(FeedUnavailable, match="502"):
         client().consumer("vd_1.0.0", "vd_4.8.0")
+
+
+@respx.mock
+def test_a_stop_ends_the_wait_for_a_retry() -> None:
+    """The server asks for two minutes; the policy's ceiling is one. A stop during that wait
+    ends it at once, without another request."""
+    route = respx.get(CONSUMER).respond(429, headers={"Retry-After": "120"})
+    stop = threading.Event()
+    policy = RetryPolicy(attempts=8, initial=1.0, max_wait=60.0, budget=900.0, stop=stop)
+    feed = FeedClient(CTISettings(base_url=BASE), policy)
+    threading.Timer(0.3, stop.set).start()
+    started = time.monotonic()
+    with pytest.raises(Stopped):
+        feed.consumer("vd_1.0.0", "vd_4.8.0")
+    assert time.monotonic() - started < 30  # not the 60 s wait
+    assert route.call_count == 1
+    # Already stopping: the call is still made once (a final state write must get its chance),
+    # but not retried.
+    with pytest.raises(Stopped):
+        feed.consumer("vd_1.0.0", "vd_4.8.0")
+    assert route.call_count == 2
 
 
 @respx.mock

@@ -6,6 +6,7 @@ import itertools
 import re
 import signal
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from functools import partial
@@ -45,12 +46,12 @@ def service_config(
 def start_service(service_config: Path, tmp_path: Path) -> Iterator[Callable[[str], Any]]:
     procs: list[subprocess.Popen[str]] = []
 
-    def start(name: str) -> tuple[subprocess.Popen[str], Path]:
+    def start(name: str, config: Path | None = None) -> tuple[subprocess.Popen[str], Path]:
         log = tmp_path / f"{name}.log"
         # faulthandler: a service that does not stop can be asked for every thread's stack.
         env = clean_env(PYTHONFAULTHANDLER="1")
         proc = subprocess.Popen(
-            [SCRIPT, "run", "--config", str(service_config)],
+            [SCRIPT, "run", "--config", str(config or service_config)],
             stdout=subprocess.DEVNULL,
             stderr=log.open("w"),
             text=True,
@@ -103,6 +104,48 @@ def test_run_picks_up_new_changes_and_stops_cleanly_on_sigterm(
     text = log.read_text()
     assert "received SIGTERM" in text and "outcome=stopped" in text and "Traceback" not in text
     assert final["local_offset"] < head  # it did stop early, not finish
+
+
+def test_sigterm_does_not_wait_out_a_retry(
+    start_service: Any,
+    feed_server: FeedServer,
+    os_client: OpenSearch,
+    opensearch_url: str,
+    prefix: str,
+    tmp_path: Path,
+) -> None:
+    """The feed rate-limits the changes for two minutes; the default policy would wait a minute
+    before each retry, longer than systemd or Docker give a stopping service. SIGTERM ends the
+    wait: the cycle stops with nothing half-recorded and the lease released."""
+    model = feed_server.model
+    data = settings_dict(
+        feed_server,
+        opensearch_url,
+        prefix,
+        tmp_path,
+        schedule={"interval": "1s", "jitter": 0, "run_on_start": True},
+        sync={"batch_size": 50, "lease_ttl": "3s"},
+        retry={"attempts": 8, "initial": 1, "max_wait": 60, "budget": 900},
+    )
+    config = write_config(tmp_path / "patient.yaml", data)
+    proc, log = start_service("patient", config)
+    start = model.head_offset
+    wait_for(partial(at_offset, os_client, prefix, start), 60, "first cycle")
+
+    feed_server.inject("429", times=100, on="changes", delay=120)
+    head = model.append_changes(120)
+    wait_for(lambda: "retry 1 in 60.0 s" in log.read_text(), 30, "a cycle waiting to retry")
+    asked = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    assert exit_code(proc, log) == 0
+    assert time.monotonic() - asked < 30  # the wait was a minute
+    text = log.read_text()
+    assert "outcome=stopped" in text and "Traceback" not in text
+    assert "retry 2 in" not in text
+    final = state(os_client, prefix)
+    assert (final["status"], final["lease_owner"], final["local_offset"]) == ("ready", None, start)
+    assert_matches_truth(os_client, f"{prefix}-cve", model, start)
+    assert start < head
 
 
 def cycles(log: Path) -> list[tuple[float, float]]:

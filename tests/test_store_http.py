@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from opensearchpy import OpenSearch
 
-from content_sync.errors import StoreError, TransientError
+from content_sync.errors import Stopped, StoreError, TransientError
 from content_sync.lazydoc import decoded
 from content_sync.retry import RetryPolicy
 from content_sync.settings import OpenSearchSettings
@@ -187,6 +187,31 @@ def test_bulk_items_rejected_with_429_are_sent_again_alone_and_land(
     os_client.indices.refresh(index=index)
     hits = os_client.search(index=index, body={"size": 100})["hits"]["hits"]
     assert {h["_id"]: h["_source"] for h in hits} == {n: json.loads(s) for n, s in sources.items()}
+
+
+def test_a_stop_ends_the_wait_to_resend_rejected_items(
+    os_client: OpenSearch, opensearch_url: str, prefix: str
+) -> None:
+    """Items the node rejected with 429 wait before they are sent again; a stopping process
+    does not wait (the load or window they belong to is then not recorded)."""
+    index = f"{prefix}-rejected-stop"
+    os_client.indices.create(index=index, body={"mappings": CONTENT_MAPPING})
+    proxy = RejectingProxy(opensearch_url)
+    stop = threading.Event()
+    stop.set()
+    with serving(proxy.answer) as url:
+        settings = OpenSearchSettings(hosts=[url], bulk_docs=10)
+        store = Store(
+            make_client(settings), settings, RetryPolicy(initial=30, max_wait=60, stop=stop)
+        )
+        ops: list[BulkOp] = [
+            ("index", f"CVE-2026-{i}", b'{"offset":%d,"version":1,"document":{}}' % i, i)
+            for i in range(1, 11)
+        ]
+        with pytest.raises(Stopped):
+            store.write(index, ops)
+    assert proxy.rejected == {f"CVE-2026-{i}" for i in range(1, 11, 2)}
+    assert len(proxy.bulk_bodies) == 1  # sent once, not again
 
 
 def test_each_bulk_request_is_logged_at_debug_with_the_nodes_own_time(

@@ -265,7 +265,8 @@ class FeedServer:
         """Make the next `times` matching requests misbehave with `fault` (see FAULTS).
 
         Faults are consumed one per matching request, oldest first. Snapshot-only faults
-        (truncated-zip, bad-crc, malformed-line) only ever match snapshot downloads.
+        (truncated-zip, bad-crc, malformed-line) only ever match snapshot downloads. `delay`:
+        how long 'slow' stalls, or the Retry-After seconds of '429' (default 1).
         """
         if fault not in FAULTS:
             raise ValueError(f"unknown fault {fault!r}; expected one of {FAULTS}")
@@ -421,7 +422,7 @@ class _Handler(BaseHTTPRequestHandler):
                 elif fault.name in _SNAPSHOT_ONLY:
                     variant = fault.name
                 elif fault.name != "drop" or kind != "snapshot":
-                    self._fault(fault.name, kind)
+                    self._fault(fault.name, kind, fault.delay)
                     return
             self._route(
                 feed,
@@ -479,9 +480,10 @@ class _Handler(BaseHTTPRequestHandler):
             pass
         raise _Dropped
 
-    def _fault(self, name: str, kind: str) -> None:
+    def _fault(self, name: str, kind: str, delay: float) -> None:
         if name == "429":
-            self._json(429, {"errors": {"detail": "Too Many Requests"}}, {"Retry-After": "1"})
+            wait = str(int(delay) if delay > 0 else 1)
+            self._json(429, {"errors": {"detail": "Too Many Requests"}}, {"Retry-After": wait})
         elif name == "429-date":
             when = email.utils.formatdate(int(time.time()) + 2, usegmt=True)
             self._json(429, {"errors": {"detail": "Too Many Requests"}}, {"Retry-After": when})
