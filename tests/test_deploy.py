@@ -39,12 +39,15 @@ def test_systemd_unit_is_hardened() -> None:
     }.items():
         assert service[key] == expected, key
     assert unit["Install"]["WantedBy"] == "multi-user.target"
+    assert service["TimeoutStopSec"] == "120s"  # the compose example's stop_grace_period too
 
 
 def test_compose_example_parses_and_uses_the_image() -> None:
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     assert set(compose["services"]) == {"opensearch", "content-sync"}
     assert compose["services"]["content-sync"]["build"] == "."
+    # A clean stop gets as long as under systemd, not Docker's default 10 s.
+    assert compose["services"]["content-sync"]["stop_grace_period"] == "2m"
 
 
 def test_example_settings_load() -> None:
