@@ -38,6 +38,14 @@ class LoadResult:
     seconds: float
 
 
+def _may_be_live(store: Store, alias: str, index: str) -> bool:
+    """False only when the alias is known to point elsewhere."""
+    try:
+        return store.alias_target(alias) == index
+    except ContentSyncError:
+        return True
+
+
 def remove_orphans(store: Store, alias: str) -> None:
     """Delete half-built indices a crashed earlier load left behind (never the live one)."""
     for orphan in store.orphan_indices(alias):
@@ -76,6 +84,7 @@ def load_archive(
         growing=growing,
     )
     index = store.create_content_index(alias, loading=True)
+    swapping = False
     try:
         stats = BulkStats()
 
@@ -103,11 +112,16 @@ def load_archive(
         if progress is not None:
             progress(reader.lines, reader.bytes_read)
         failpoints.hit("before-swap")
+        swapping = True
         old = store.swap_alias(alias, index)
         failpoints.hit("after-swap")
     except BaseException:
-        with contextlib.suppress(ContentSyncError):
-            store.delete_index(index)
+        # A swap whose answer was lost (then not retried: a stop, or the retry budget spent)
+        # may have moved the alias: then this is the live index, left as a kill after the swap
+        # would leave it. A later load removes it if it is not.
+        if not swapping or not _may_be_live(store, alias, index):
+            with contextlib.suppress(ContentSyncError):
+                store.delete_index(index)
         raise
     for previous in old:
         try:

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import opensearchpy
 import pytest
 from opensearchpy import OpenSearch
 
@@ -191,3 +192,41 @@ def test_payload_that_is_not_json_fails_the_load(
     assert result.outcome == "failed"
     assert "line 9 is not valid JSON" in (result.error or ""), result.error
     assert_untouched(rt, os_client, temp, before, "line 9")
+
+
+@pytest.mark.parametrize("swapped", [True, False])
+def test_a_stop_when_the_swap_answer_is_lost_never_deletes_the_live_index(
+    loaded: tuple[Runtime, Path],
+    feed_server: FeedServer,
+    os_client: OpenSearch,
+    monkeypatch: Any,
+    swapped: bool,
+) -> None:
+    """The alias call times out as the service is stopping, so it is not retried. If the node
+    did move the alias, the new index is the live one: it stays, whole (as after a kill right
+    after the swap). If it did not, the new index is removed and the old one stays live."""
+    rt, _ = loaded
+    before = snapshot_before(rt)
+    alias = rt.settings.feed(FEED).index
+    indices = rt.store.client.indices
+    real_update = indices.update_aliases
+
+    def update_then_lose_the_answer(*args: Any, **kwargs: Any) -> Any:
+        if swapped:
+            real_update(*args, **kwargs)
+        rt.stop.set()
+        raise opensearchpy.ConnectionTimeout("TIMEOUT", "read timed out", None)
+
+    monkeypatch.setattr(indices, "update_aliases", update_then_lose_the_answer)
+    result = rt.feed_sync(FEED).run_cycle(resync=True)
+    assert result.outcome == "stopped"
+    live = list(os_client.indices.get_alias(name=alias))
+    assert len(live) == 1
+    if swapped:
+        assert live != [before["index"]]
+        assert_matches_truth(os_client, alias, feed_server.model, feed_server.model.snapshot_offset)
+    else:
+        assert live == [before["index"]]
+        assert sorted(os_client.indices.get(index=f"{alias}.v*")) == [before["index"]]
+    state = state_of(rt)
+    assert (state.local_offset, state.lease_owner) == (before["offset"], None)
