@@ -543,17 +543,23 @@ class Store:
             # At most 2 x concurrency chunks exist at once: memory stays bounded however large
             # the input stream is.
             pending: set[Future[None]] = set()
-            for chunk in chunks:
-                while len(pending) >= 2 * concurrency:
-                    # FIRST_COMPLETED: with FIRST_EXCEPTION, wait() returns only once *all* are
-                    # done, and the node idles while the next chunks are built.
-                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                    for f in done:
-                        f.result()
-                pending.add(pool.submit(self._send, chunk, stats))
-            done, _ = wait(pending)
-            for f in done:
-                f.result()
+            try:
+                for chunk in chunks:
+                    while len(pending) >= 2 * concurrency:
+                        # FIRST_COMPLETED: with FIRST_EXCEPTION, wait() returns only once *all*
+                        # are done, and the node idles while the next chunks are built.
+                        done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                        for f in done:
+                            f.result()
+                    pending.add(pool.submit(self._send, chunk, stats))
+                done, _ = wait(pending)
+                for f in done:
+                    f.result()
+            except BaseException:
+                # The write has failed (or is stopping): chunks not sent yet are not sent at all.
+                for f in pending:
+                    f.cancel()
+                raise
         return stats
 
     def _chunks(

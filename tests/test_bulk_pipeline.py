@@ -8,8 +8,10 @@ import threading
 import time
 from typing import Any
 
+import pytest
 from opensearchpy import OpenSearch
 
+from content_sync.errors import StoreError
 from content_sync.retry import RetryPolicy
 from content_sync.settings import OpenSearchSettings
 from content_sync.store import BulkOp, Store
@@ -74,3 +76,31 @@ def test_a_window_is_spread_over_the_requests_in_flight() -> None:
     # A stream (a snapshot) is cut at the bounds only: chunks as large as they may be.
     assert _chunk_sizes(window, concurrency=2) == [641]
     assert _chunk_sizes(window * 2, concurrency=2) == [1000, 282]
+
+
+def test_after_a_failed_request_the_chunks_not_yet_sent_are_dropped() -> None:
+    """A write that failed (or is stopping) sends nothing more than what is already in flight."""
+    store = Store(
+        OpenSearch(["http://127.0.0.1:9"]),
+        OpenSearchSettings(hosts=["http://127.0.0.1:9"], bulk_docs=1),
+        RetryPolicy(),
+    )
+    sent: list[bytes] = []
+    lock = threading.Lock()
+
+    def send(chunk: list[tuple[bytes, bytes | None]], stats: Any) -> None:
+        source = chunk[0][1] or b""
+        if source == b'{"n":0}':
+            time.sleep(0.05)
+            raise StoreError("the node refused it")
+        with lock:
+            sent.append(source)
+        time.sleep(0.3)  # in flight while the failure is seen
+
+    store._send = send  # type: ignore[method-assign]
+    ops: list[BulkOp] = [("index", f"d{i}", b'{"n":%d}' % i, 1) for i in range(20)]
+    with pytest.raises(StoreError, match="refused"):
+        store.write("i", ops, concurrency=2)
+    # Chunk 1 was in flight and chunk 2 may have started in the failed request's slot; chunk 3
+    # was still queued when the failure was seen.
+    assert set(sent) <= {b'{"n":1}', b'{"n":2}'}, sent
