@@ -160,7 +160,7 @@ class Metrics(Events):
             self.lag.labels(feed).set(max(state.remote_offset - state.local_offset, 0))
             self._set_status(feed, state.status)
             self.pending.labels(feed).set(1 if state.pending_command is not None else 0)
-        else:
+        elif result.outcome != "stopped":  # the state could not be read
             self._set_status(feed, "failed")
         self.duration.labels(feed).observe(result.seconds)
         with self._lock:

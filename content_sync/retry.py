@@ -73,6 +73,8 @@ class RetryPolicy:
         return min(max(backoff, hint), self.max_wait)
 
     def _before_sleep(self, state: RetryCallState) -> None:
+        if self.stop is not None and self.stop.is_set():
+            return  # no retry follows (sleep raises Stopped): nothing to announce or count
         exc = state.outcome.exception() if state.outcome else None
         if isinstance(exc, TransientError):
             sleep = state.next_action.sleep if state.next_action else 0.0

@@ -278,6 +278,11 @@ class FeedSync:
         feed = self.feed
         try:
             loaded = self.store.load_state(feed.state_id)
+        except Stopped:  # stopping while OpenSearch did not answer: nothing read, nothing written
+            result = CycleResult(feed=feed.name, before=0, outcome="stopped")
+            log.info("feed %s: stopped before its state could be read", feed.name)
+            self.events.cycle_finished(result, None)
+            return result
         except ContentSyncError as exc:
             # Nothing is known, so nothing is written: not even a failed status.
             result = CycleResult(feed=feed.name, before=0, outcome="failed", error=str(exc))
@@ -439,8 +444,9 @@ class FeedSync:
             state.last_success_at = utcnow()
         elif result.outcome == "failed":
             state.status, state.last_error = "failed", (result.error or "")[:1000]
-        else:
+        elif state.lease_owner == self.owner:
             state.status = "ready"  # stopped between windows: what is recorded is complete
+        # (Stopped before it took the lease, the cycle changed nothing: the status stays.)
         state.lease_owner = state.lease_expires_at = None  # released with this write
         if self.next_run is not None:
             state.next_run_at = self.next_run(result)

@@ -305,6 +305,36 @@ def test_transient_budget_exhausted_then_next_cycle_resumes(
     assert state_of(rt).last_error is None
 
 
+def test_a_stop_while_the_feed_is_retried_leaves_the_state_as_it_was(
+    feed_server: FeedServer, os_client: OpenSearch, runtime_factory: Any
+) -> None:
+    """Stopping while the consumer request waits to be retried: the cycle did nothing, so a
+    failed status (and its error) stays failed; nothing is retried, no lease stays held."""
+    model = feed_server.model
+    rt = runtime_factory()
+    sync = rt.feed_sync(FEED)
+    model.append_changes(100)
+    feed_server.inject("503", times=1000, on="changes")
+    assert sync.run_cycle().outcome == "failed"
+    failed = state_of(rt)
+    assert failed.status == "failed" and failed.last_error
+
+    feed_server.clear_faults()
+    feed_server.inject("503", times=1000, on="consumer")
+    asked = len(feed_server.requests)
+    rt.stop.set()
+    assert sync.run_cycle().outcome == "stopped"
+    state = state_of(rt)
+    assert (state.status, state.last_error, state.local_offset, state.lease_owner) == (
+        "failed",
+        failed.last_error,
+        failed.local_offset,
+        None,
+    )
+    assert [r.kind for r in feed_server.requests[asked:]] == ["consumer"]  # tried once
+    assert_matches_truth(os_client, rt.settings.feed(FEED).index, model, state.local_offset)
+
+
 def test_rate_limits_are_retried_within_the_cycle(
     feed_server: FeedServer, os_client: OpenSearch, runtime_factory: Any
 ) -> None:
