@@ -7,16 +7,11 @@ Errors are one sentence on stderr naming the setting, URL or file at fault, neve
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import json
-import logging
-import signal
 import sys
-import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from content_sync import __version__, tempfiles
@@ -26,10 +21,9 @@ from content_sync.memory import fix_malloc_thresholds
 from content_sync.progress import progress_events
 from content_sync.runtime import Runtime
 from content_sync.settings import Settings, load_settings, public_url
+from content_sync.signals import stop_on_signals
 
 __all__ = ["main"]
-
-log = logging.getLogger("content_sync")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -119,31 +113,17 @@ def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
-@contextlib.contextmanager
-def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
-    """SIGTERM/SIGINT stop a manual cycle as they stop the service: the current window finishes
-    (or is not recorded), a snapshot download or load is abandoned and its files removed. A
-    second signal interrupts at once."""
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        if stop.is_set():
-            raise KeyboardInterrupt
-        log.info("received %s: stopping after the current window", signal.Signals(signum).name)
-        stop.set()
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
 def _cmd_sync(args: argparse.Namespace, settings: Settings) -> int:
     feeds = [settings.feed(args.feed)] if args.feed else settings.feeds
     code = EXIT_OK
     events = progress_events()
-    with Runtime(settings, events=events) as runtime, _stop_on_signals(runtime.stop):
+    # SIGTERM/SIGINT stop a manual cycle as they stop the service: the current window finishes
+    # (or is not recorded), a snapshot download or load is abandoned and its files removed. A
+    # second signal interrupts at once.
+    with (
+        Runtime(settings, events=events) as runtime,
+        stop_on_signals(runtime.stop, second_interrupts=True),
+    ):
         runtime.check_store()  # fail fast, with the reason, when OpenSearch is not there
         for feed in feeds:
             name = feed.name

@@ -14,10 +14,8 @@ Scheduling choices, on purpose:
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 from datetime import UTC, datetime, timedelta
-from types import FrameType
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -29,6 +27,7 @@ from content_sync.events import Events, Fanout
 from content_sync.metrics import Metrics, schedule_period
 from content_sync.runtime import Runtime
 from content_sync.settings import FeedSettings, ScheduleSettings, Settings
+from content_sync.signals import stop_on_signals
 from content_sync.sync import CycleResult
 from content_sync.web import HttpServer, TriggerResult
 
@@ -194,19 +193,11 @@ class Service:
         self.runtime.close()
 
     def run_forever(self, *, resync: bool = False) -> None:
-        """Run until SIGTERM or SIGINT, then stop cleanly."""
-
-        def on_signal(signum: int, frame: FrameType | None) -> None:
-            log.info("received %s: stopping after the current window", signal.Signals(signum).name)
-            self.runtime.stop.set()
-
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
-        self.start(resync=resync)
-        # A timed wait: the kernel may deliver the signal to any thread, and Python runs the
-        # handler only when the main thread executes bytecode, which an untimed wait never lets
-        # it do (the service then ignored SIGTERM during a busy catch-up).
-        while not self.runtime.stop.wait(0.5):
-            pass
-        self.stop()
+        """Run until SIGTERM or SIGINT, then stop cleanly (signals meanwhile change nothing)."""
+        with stop_on_signals(self.runtime.stop):
+            self.start(resync=resync)
+            # Set by the signals' own thread (content_sync.signals): an untimed wait is woken
+            # whichever thread the kernel delivered the signal to.
+            self.runtime.stop.wait()
+            self.stop()
         log.info("stopped")
