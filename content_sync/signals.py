@@ -29,7 +29,6 @@ def stop_on_signals(stop: threading.Event, *, second_interrupts: bool = False) -
     """While in the block, SIGTERM or SIGINT sets `stop`; with `second_interrupts`, another one
     after that raises KeyboardInterrupt in the main thread. Call from the main thread."""
     read_fd, write_fd = os.pipe()
-    os.set_blocking(write_fd, False)
     received = 0
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -39,23 +38,22 @@ def stop_on_signals(stop: threading.Event, *, second_interrupts: bool = False) -
             raise KeyboardInterrupt
 
     def watch() -> None:
-        while data := os.read(read_fd, 64):  # b"": the block ended
+        while data := os.read(read_fd, 64):  # b"": the write end is closed, the block ended
             for signum in data:
                 if signum in SIGNALS:
                     name = signal.Signals(signum).name
                     log.info("received %s: stopping after the current window", name)
                     stop.set()
 
-    watcher = threading.Thread(target=watch, name="signals", daemon=True)
-    watcher.start()
-    previous_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
-    previous = {sig: signal.signal(sig, on_signal) for sig in SIGNALS}
-    try:
+    # Undone in reverse order, also when a step fails (set_wakeup_fd off the main thread).
+    with contextlib.ExitStack() as undo:
+        undo.callback(os.close, read_fd)
+        watcher = threading.Thread(target=watch, name="signals", daemon=True)
+        watcher.start()
+        undo.callback(watcher.join)
+        undo.callback(os.close, write_fd)
+        os.set_blocking(write_fd, False)
+        undo.callback(signal.set_wakeup_fd, signal.set_wakeup_fd(write_fd))
+        for sig in SIGNALS:
+            undo.callback(signal.signal, sig, signal.signal(sig, on_signal))
         yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        signal.set_wakeup_fd(previous_fd)
-        os.close(write_fd)
-        watcher.join()
-        os.close(read_fd)

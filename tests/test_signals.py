@@ -84,3 +84,26 @@ def test_without_second_interrupts_more_signals_change_nothing() -> None:
         """
     )
     assert out.splitlines()[-1] == "done"
+
+
+def test_off_the_main_thread_it_refuses_and_leaves_nothing_behind() -> None:
+    out = run(
+        """
+        errors = []
+
+        def enter():
+            try:
+                with stop_on_signals(stop):
+                    pass
+            except ValueError as exc:
+                errors.append(exc)
+
+        worker = threading.Thread(target=enter)
+        worker.start()
+        worker.join()
+        assert errors and threading.active_count() == 1, (errors, threading.enumerate())
+        assert signal.set_wakeup_fd(-1) == -1
+        print("refused")
+        """
+    )
+    assert out.splitlines() == ["refused"]
