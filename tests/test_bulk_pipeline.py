@@ -17,12 +17,17 @@ from content_sync.settings import OpenSearchSettings
 from content_sync.store import BulkOp, Store
 
 
-def test_a_slow_request_does_not_stop_the_others() -> None:
-    store = Store(
+def _store(bulk_docs: int) -> Store:
+    """A store whose requests each test replaces (its host is never reached)."""
+    return Store(
         OpenSearch(["http://127.0.0.1:9"]),
-        OpenSearchSettings(hosts=["http://127.0.0.1:9"], bulk_docs=1),
+        OpenSearchSettings(hosts=["http://127.0.0.1:9"], bulk_docs=bulk_docs),
         RetryPolicy(),
     )
+
+
+def test_a_slow_request_does_not_stop_the_others() -> None:
+    store = _store(bulk_docs=1)
     slow = threading.Event()  # the first request hangs until the test ends
     sent: list[bytes] = []
     lock = threading.Lock()
@@ -49,11 +54,7 @@ def test_a_slow_request_does_not_stop_the_others() -> None:
 
 
 def _chunk_sizes(ops: list[BulkOp], **write: Any) -> list[int]:
-    store = Store(
-        OpenSearch(["http://127.0.0.1:9"]),
-        OpenSearchSettings(hosts=["http://127.0.0.1:9"], bulk_docs=1000),
-        RetryPolicy(),
-    )
+    store = _store(bulk_docs=1000)
     sizes: list[int] = []
     lock = threading.Lock()
 
@@ -80,11 +81,7 @@ def test_a_window_is_spread_over_the_requests_in_flight() -> None:
 
 def test_after_a_failed_request_the_chunks_not_yet_sent_are_dropped() -> None:
     """A write that failed (or is stopping) sends nothing more than what is already in flight."""
-    store = Store(
-        OpenSearch(["http://127.0.0.1:9"]),
-        OpenSearchSettings(hosts=["http://127.0.0.1:9"], bulk_docs=1),
-        RetryPolicy(),
-    )
+    store = _store(bulk_docs=1)
     sent: list[bytes] = []
     lock = threading.Lock()
 

@@ -27,18 +27,26 @@ SUMMARY = re.compile(
 )
 
 
-@pytest.fixture
-def service_config(
-    feed_server: FeedServer, opensearch_url: str, prefix: str, tmp_path: Path
-) -> Path:
-    data = settings_dict(
-        feed_server,
+def service_settings(
+    server: FeedServer, opensearch_url: str, prefix: str, tmp_path: Path, **sections: Any
+) -> dict[str, Any]:
+    """Every second, small windows, a short lease: a service that a test can watch work."""
+    return settings_dict(
+        server,
         opensearch_url,
         prefix,
         tmp_path,
         schedule={"interval": "1s", "jitter": 0, "run_on_start": True},
         sync={"batch_size": 50, "lease_ttl": "3s"},
+        **sections,
     )
+
+
+@pytest.fixture
+def service_config(
+    feed_server: FeedServer, opensearch_url: str, prefix: str, tmp_path: Path
+) -> Path:
+    data = service_settings(feed_server, opensearch_url, prefix, tmp_path)
     return write_config(tmp_path / "settings.yaml", data)
 
 
@@ -118,13 +126,11 @@ def test_sigterm_does_not_wait_out_a_retry(
     before each retry, longer than systemd or Docker give a stopping service. SIGTERM ends the
     wait: the cycle stops with nothing half-recorded and the lease released."""
     model = feed_server.model
-    data = settings_dict(
+    data = service_settings(
         feed_server,
         opensearch_url,
         prefix,
         tmp_path,
-        schedule={"interval": "1s", "jitter": 0, "run_on_start": True},
-        sync={"batch_size": 50, "lease_ttl": "3s"},
         retry={"attempts": 8, "initial": 1, "max_wait": 60, "budget": 900},
     )
     config = write_config(tmp_path / "patient.yaml", data)
