@@ -30,6 +30,7 @@ import jsonpatch
 import orjson
 
 from bench.common import save, table
+from content_sync.bulkbody import source_bytes
 from content_sync.feed import Change, _decode_changes, _parse_change, iter_windows
 from content_sync.patching import apply_window, needs_stored
 from content_sync.store import BulkOp, mget_documents
@@ -111,7 +112,7 @@ def check(windows: list[Window], context: str) -> None:
             else:
                 assert source is not None, f"{name}: no document from the product"
                 assert want is not None, f"{name}: deleted by the baseline only"
-                assert orjson.loads(source) == json.loads(want), f"{name} differs"
+                assert orjson.loads(source_bytes(source)) == json.loads(want), f"{name} differs"
 
 
 def cpu_seconds(run: Callable[[], object]) -> float:

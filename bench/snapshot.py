@@ -43,6 +43,7 @@ from bench.common import (
     table,
     write_settings,
 )
+from content_sync.bulkbody import source_bytes
 from content_sync.retry import RetryPolicy
 from content_sync.settings import OpenSearchSettings
 from content_sync.snapshot import content_source
@@ -68,7 +69,7 @@ def build_bodies(
     spans, docs, pos = [], 0, 0
     with out.open("wb") as f:
         for chunk in store._chunks(index, ops):
-            body = b"".join(a + s + b"\n" for a, s in chunk if s is not None)
+            body = b"".join(a + source_bytes(s) + b"\n" for a, s in chunk if s is not None)
             f.write(body)
             spans.append((pos, len(body)))
             pos += len(body)

@@ -13,16 +13,30 @@ import contextlib
 import threading
 from collections.abc import Iterator, Sequence
 
-__all__ = ["BodyBuffers", "Item", "item_bytes"]
+import msgspec
 
+__all__ = ["BodyBuffers", "Item", "Source", "item_bytes", "source_bytes"]
+
+# A document's source: its bytes, or the pieces that make it, in order. A snapshot document is
+# (head, payload, tail), each written into the body as it is: joined (or %-formatted) first,
+# its 12 KB payload was copied once more per document.
+Source = bytes | tuple[bytes | msgspec.Raw, ...]
 # (action line with its newline, source or None); the source gets its newline here.
-Item = tuple[bytes, bytes | None]
+Item = tuple[bytes, Source | None]
 
 
-def item_bytes(action: bytes, source: bytes | None) -> int:
+def source_bytes(source: Source) -> bytes:
+    return source if isinstance(source, bytes) else b"".join(source)
+
+
+def item_bytes(action: bytes, source: Source | None) -> int:
     """What one item adds to a body: the chunker bounds chunks by it, so a body of a chunk never
     exceeds bulk_bytes unless one item does."""
-    return len(action) + (len(source) + 1 if source is not None else 0)
+    if source is None:
+        return len(action)
+    if isinstance(source, bytes):
+        return len(action) + len(source) + 1
+    return len(action) + sum(len(piece) for piece in source) + 1
 
 
 class BodyBuffers:
@@ -51,11 +65,13 @@ class BodyBuffers:
             for action, source in items:
                 start, end = end, end + len(action)
                 view[start:end] = action
-                if source is not None:
-                    start, end = end, end + len(source)
-                    view[start:end] = source
-                    view[end] = 0x0A  # "\n"
-                    end += 1
+                if source is None:
+                    continue
+                for piece in (source,) if isinstance(source, bytes) else source:
+                    start, end = end, end + len(piece)
+                    view[start:end] = piece
+                view[end] = 0x0A  # "\n"
+                end += 1
             with view[:end] as filled:
                 yield filled
         if len(buffer) <= self._keep:

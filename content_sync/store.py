@@ -30,7 +30,7 @@ from opensearchpy import JSONSerializer, OpenSearch
 from opensearchpy.exceptions import SerializationError
 
 from content_sync import failpoints
-from content_sync.bulkbody import BodyBuffers, item_bytes
+from content_sync.bulkbody import BodyBuffers, Item, Source, item_bytes
 from content_sync.errors import LeaseLostError, StoreError, StoreUnavailable
 from content_sync.retry import RetryPolicy
 from content_sync.settings import OpenSearchSettings
@@ -52,10 +52,10 @@ T = TypeVar("T")
 _BULK_PARAMS = {"filter_path": "took,errors,items.*.status,items.*.error"}
 
 Status = Literal["running", "ready", "failed"]
-# ("index", id, source bytes, offset) or ("delete", id, None, offset). The offset becomes the
+# ("index", id, source, offset) or ("delete", id, None, offset). The offset becomes the
 # document's external version: a stale writer (one that lost its lease but has not noticed yet)
 # can never overwrite newer content, and a replayed window (same offsets) is accepted.
-BulkOp = tuple[Literal["index", "delete"], str, bytes | None, int]
+BulkOp = tuple[Literal["index", "delete"], str, Source | None, int]
 
 CONTENT_MAPPING: dict[str, Any] = {
     # Only our own fields are mapped. The payload is stored in _source but not indexed field by
@@ -564,10 +564,10 @@ class Store:
 
     def _chunks(
         self, index: str, ops: Iterable[BulkOp], max_docs: int | None = None
-    ) -> Iterator[list[tuple[bytes, bytes | None]]]:
+    ) -> Iterator[list[Item]]:
         max_docs = max_docs or self._settings.bulk_docs
         max_bytes = self._settings.bulk_bytes
-        chunk: list[tuple[bytes, bytes | None]] = []
+        chunk: list[Item] = []
         size = 0
         idx = _json_str(index)
         for kind, doc_id, source, version in ops:
@@ -589,7 +589,7 @@ class Store:
         if chunk:
             yield chunk
 
-    def _send(self, chunk: list[tuple[bytes, bytes | None]], stats: BulkStats) -> None:
+    def _send(self, chunk: list[Item], stats: BulkStats) -> None:
         todo = chunk
         attempt = 0
         while todo:
@@ -612,7 +612,7 @@ class Store:
             if not result.get("errors"):
                 failpoints.hit("bulk-done")
                 return
-            retry: list[tuple[bytes, bytes | None]] = []
+            retry: list[Item] = []
             for item, op in zip(result["items"], todo, strict=True):
                 ((kind, outcome),) = item.items()
                 status = outcome.get("status", 0)

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from opensearchpy import OpenSearch
 
+from content_sync.bulkbody import Item, source_bytes
 from content_sync.errors import StoreError
 from content_sync.retry import RetryPolicy
 from content_sync.settings import OpenSearchSettings
@@ -32,9 +33,9 @@ def test_a_slow_request_does_not_stop_the_others() -> None:
     sent: list[bytes] = []
     lock = threading.Lock()
 
-    def send(chunk: list[tuple[bytes, bytes | None]], stats: Any) -> None:
+    def send(chunk: list[Item], stats: Any) -> None:
         with lock:
-            sent.append(chunk[0][1] or b"")
+            sent.append(source_bytes(chunk[0][1] or b""))
             first = len(sent) == 1
         if first:
             assert slow.wait(10), "the first request was never released"
@@ -58,7 +59,7 @@ def _chunk_sizes(ops: list[BulkOp], **write: Any) -> list[int]:
     sizes: list[int] = []
     lock = threading.Lock()
 
-    def send(chunk: list[tuple[bytes, bytes | None]], stats: Any) -> None:
+    def send(chunk: list[Item], stats: Any) -> None:
         with lock:
             sizes.append(len(chunk))
 
@@ -85,8 +86,8 @@ def test_after_a_failed_request_the_chunks_not_yet_sent_are_dropped() -> None:
     sent: list[bytes] = []
     lock = threading.Lock()
 
-    def send(chunk: list[tuple[bytes, bytes | None]], stats: Any) -> None:
-        source = chunk[0][1] or b""
+    def send(chunk: list[Item], stats: Any) -> None:
+        source = source_bytes(chunk[0][1] or b"")
         if source == b'{"n":0}':
             time.sleep(0.05)
             raise StoreError("the node refused it")

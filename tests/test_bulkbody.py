@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
-from content_sync.bulkbody import BodyBuffers, Item
+from content_sync.bulkbody import BodyBuffers, Item, item_bytes, source_bytes
 
 
 def ndjson(items: list[Item]) -> bytes:
-    return b"".join(a + (s + b"\n" if s is not None else b"") for a, s in items)
+    return b"".join(a + (source_bytes(s) + b"\n" if s is not None else b"") for a, s in items)
 
 
 INDEX: list[Item] = [
@@ -75,3 +76,25 @@ def test_buffers_are_made_the_largest_chunk_size_so_they_do_not_regrow() -> None
     with buffers.body(near_limit) as body:
         assert body.obj is first
         assert bytes(body) == ndjson(near_limit)
+
+
+def test_a_source_in_pieces_is_written_as_its_joined_bytes() -> None:
+    """A snapshot document comes as (head, payload, tail), the payload a view of the archive."""
+    line = msgspec.json.decode(
+        memoryview(b'{"payload": {"a": "\\u00e9", "b": [1, 2.50]}}'), type=_Line
+    )
+    pieces = (b'{"offset":4,"version":1,"document":', line.payload, b"}")
+    items: list[Item] = [INDEX[0], (b'{"index":{"_id":"CVE-4"}}\n', pieces), INDEX[1]]
+    expected = (
+        b'{"index":{"_id":"CVE-1"}}\n{"offset":1,"document":{"a":"\xc3\xa9"}}\n'
+        b'{"index":{"_id":"CVE-4"}}\n'
+        b'{"offset":4,"version":1,"document":{"a": "\\u00e9", "b": [1, 2.50]}}\n'
+        b'{"delete":{"_id":"CVE-2"}}\n'
+    )
+    assert sum(item_bytes(a, s) for a, s in items) == len(expected)
+    with BodyBuffers(10, keep_bytes=1 << 20).body(items) as body:
+        assert bytes(body) == expected == ndjson(items)
+
+
+class _Line(msgspec.Struct):
+    payload: msgspec.Raw

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from content_sync.bulkbody import source_bytes
 from content_sync.errors import SnapshotError
 from content_sync.growing import Abandoned, GrowingFile, Interrupted
 from content_sync.snapshot import SnapshotReader
@@ -92,7 +93,7 @@ def read(growing: GrowingFile, path: Path) -> SnapshotReader:
 @pytest.mark.parametrize("seekable", [True, False], ids=["sizes-in-header", "data-descriptor"])
 def test_resources_are_read_while_the_archive_arrives(tmp_path: Path, seekable: bool) -> None:
     source = archive(tmp_path / "feed.zip", lines(400), seekable=seekable)
-    expected = [(r.name, r.offset, r.source()) for r in read(*_complete(source))]
+    expected = [(r.name, r.offset, source_bytes(r.source())) for r in read(*_complete(source))]
     growing = GrowingFile()
     download = Downloader(growing, tmp_path / "download.zip", source.read_bytes())
     download.start()
@@ -101,7 +102,7 @@ def test_resources_are_read_while_the_archive_arrives(tmp_path: Path, seekable: 
     for resource in reader:
         if written_at_first is None:
             written_at_first = download.written
-        got.append((resource.name, resource.offset, resource.source()))
+        got.append((resource.name, resource.offset, source_bytes(resource.source())))
     download.join()
     assert got == expected and reader.complete and reader.lines == 400
     assert written_at_first is not None and written_at_first < source.stat().st_size / 2

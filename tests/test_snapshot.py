@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from content_sync.bulkbody import source_bytes
 from content_sync.errors import SnapshotError
 from content_sync.snapshot import SnapshotReader, offset_from_member_name
 
@@ -45,7 +46,11 @@ def test_streams_every_resource(tmp_path: Path) -> None:
         ("TID-1", 7, 2),
         ("CVE-1", 3, 2),
     ]
-    assert json.loads(got[1].source()) == {"offset": 7, "version": 2, "document": {"x": "ümlaut €"}}
+    assert json.loads(source_bytes(got[1].source())) == {
+        "offset": 7,
+        "version": 2,
+        "document": {"x": "ümlaut €"},
+    }
     assert (r.lines, r.bytes_read, r.complete) == (3, len(body), True)
     assert r.member_name == MEMBER
     assert offset_from_member_name(MEMBER) == 120
@@ -81,6 +86,13 @@ def test_truncated_archive(tmp_path: Path) -> None:
         ({MEMBER: b"[1, 2]\n"}, "not one JSON object"),
         ({MEMBER: b'{"a": 1} {"b": 2}\n'}, "not one JSON object"),
         ({MEMBER: b'{"offset": 1, "payload": {}}\n'}, "no usable 'name'"),
+        ({MEMBER: b'{"name": "", "offset": 1, "payload": {}}\n'}, "no usable 'name'"),
+        ({MEMBER: b'{"name": "%s", "offset": 1, "payload": {}}\n' % (b"n" * 513)}, "usable"),
+        ({MEMBER: b'{"name": 7, "offset": 1, "payload": {}}\n'}, "no usable 'name'"),
+        ({MEMBER: b'{"name": "A", "offset": true, "payload": {}}\n'}, "offset True"),
+        ({MEMBER: b'{"name": "A", "payload": {}}\n'}, "offset None"),
+        ({MEMBER: b'{"name": "A", "offset": 1, "version": true, "payload": {}}\n'}, "version"),
+        ({MEMBER: b'{"name": "A", "offset": 1, "version": 1.5, "payload": {}}\n'}, "version"),
         ({MEMBER: b'{"name": "A", "offset": -4, "payload": {}}\n'}, "offset"),
         ({MEMBER: b'{"name": "A", "offset": 4, "payload": []}\n'}, "no payload object"),
         ({MEMBER: line("A", 999)}, "beyond the snapshot"),
@@ -134,7 +146,11 @@ def test_every_layout_gives_the_same_document(tmp_path: Path, text: bytes) -> No
     (resource,) = list(reader(make_zip(tmp_path / "s.zip", {MEMBER: text + b"\n"})))
     expected = json.loads(text)["payload"]
     assert (resource.name, resource.offset, resource.version) == ("A", 3, 2)
-    assert json.loads(resource.source()) == {"offset": 3, "version": 2, "document": expected}
+    assert json.loads(source_bytes(resource.source())) == {
+        "offset": 3,
+        "version": 2,
+        "document": expected,
+    }
 
 
 def test_canonical_lines_are_not_parsed_whole(tmp_path: Path) -> None:
@@ -147,3 +163,12 @@ def test_canonical_lines_are_not_parsed_whole(tmp_path: Path) -> None:
         and bytes(resource.raw_payload) == b'{"b": 1.50, "a": "\\u00e9"}'
     )
     assert resource.payload is None
+
+
+def test_the_fast_path_keeps_the_limits_of_the_slow_one(tmp_path: Path) -> None:
+    """Names up to 512 characters, offsets up to the snapshot's, both through the fast path."""
+    name = "n" * 512
+    text = b'{"name": "%s", "offset": 120, "payload": {"a": 1}}\n' % name.encode()
+    (resource,) = list(reader(make_zip(tmp_path / "s.zip", {MEMBER: text}), max_offset=120))
+    assert (resource.name, resource.offset, resource.version) == (name, 120, 0)
+    assert resource.raw_payload is not None and resource.payload is None
