@@ -230,9 +230,9 @@ class SnapshotReader:
                 self._check_line(len(line), self.lines + 1)
             # The real layout: `{"name": .., "offset": .., "version": .., .., "payload": {..}}`.
             # One msgspec pass over the line checks that the whole line is valid JSON, decodes
-            # the few metadata keys and leaves the payload as its raw bytes (a view: no copy),
-            # passed through as they are. Building Python objects for 12 KB records would cost
-            # more CPU than OpenSearch spends indexing them.
+            # the few metadata keys and leaves the payload as its raw bytes, passed through
+            # unchanged. Building Python objects for 12 KB records would cost more CPU than
+            # OpenSearch spends indexing them.
             try:
                 item = decode(line)
             except RecursionError:
