@@ -36,7 +36,7 @@ def item_bytes(action: bytes, source: Source | None) -> int:
         return len(action)
     if isinstance(source, bytes):
         return len(action) + len(source) + 1
-    return len(action) + sum(len(piece) for piece in source) + 1
+    return len(action) + sum(map(len, source)) + 1  # per document, twice: no generator
 
 
 class BodyBuffers:
