@@ -137,7 +137,7 @@ def restore(os_client: OpenSearch, pristine: str, target: str, alias: str | None
 
 
 def timed_product(config: Path, url: str, changes: int) -> Run:
-    seconds, rss, cpu, node_cpu = product_sync_on_quiet_node(config, url)
+    seconds, rss, cpu, node_cpu, _ = product_sync_on_quiet_node(config, url)
     return Run("product", seconds, changes, 0, round(rss, 1), round(cpu, 2), round(node_cpu, 2))
 
 

@@ -42,6 +42,7 @@ class Run:
     peak_rss_mb: float | None = None
     cpu_seconds: float | None = None  # of the client process (product or baseline)
     node_cpu_seconds: float | None = None  # of the OpenSearch node during the run
+    busy_cores: float | None = None  # the whole machine's CPU seconds per second of the run
 
     @property
     def docs_per_s(self) -> float:
@@ -90,6 +91,16 @@ def node_cpu_seconds(url: str) -> float:
     stats = client(url).nodes.stats(metric="process")
     node = next(iter(stats["nodes"].values()))
     return float(node["process"]["cpu"]["total_in_millis"]) / 1000
+
+
+def machine_cpu_seconds() -> float:
+    """CPU time every core of the machine has spent busy since boot (/proc/stat): over a run,
+    its increase divided by the run's wall time says how many of the cores the run kept busy."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait; guest time is already counted in user
+    busy = sum(fields[:8]) - idle
+    return busy / os.sysconf("SC_CLK_TCK")
 
 
 def settle(url: str, *, idle: float = 0.1, limit: float = 90.0) -> float:
@@ -144,10 +155,11 @@ def table(rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def product_sync_on_quiet_node(config: Path, url: str) -> tuple[float, float, float, float]:
+def product_sync_on_quiet_node(config: Path, url: str) -> tuple[float, float, float, float, float]:
     """`content-sync sync` started once the node is quiet: run_product's (wall seconds, peak RSS
-    MB, CPU seconds), and the node's CPU seconds meanwhile."""
+    MB, CPU seconds), the node's CPU seconds meanwhile, and the machine's busy cores."""
     settle(url)
-    node_before = node_cpu_seconds(url)
+    node_before, machine_before = node_cpu_seconds(url), machine_cpu_seconds()
     seconds, rss, cpu = run_product(config, "sync")
-    return seconds, rss, cpu, node_cpu_seconds(url) - node_before
+    busy = (machine_cpu_seconds() - machine_before) / seconds
+    return seconds, rss, cpu, node_cpu_seconds(url) - node_before, busy

@@ -11,6 +11,10 @@ For each size N (resources of ~12 KB from the local feed), in one run on the sam
 - naive:   extract the zip to disk, json.loads every line, opensearchpy.helpers.bulk with its
   defaults, one request at a time.
 
+Each run also reports its busy cores: the whole machine's CPU seconds (product or baseline, the
+node, the local feed, the kernel) per second of its wall time. On this two-core machine it says
+how far a run is from being bound by CPU that the client and the node share.
+
 Usage: python bench/snapshot.py [--sizes 50000,200000] [--skip-naive] [--repeat 3]
 
 Each size runs `--repeat` rounds of a product run and a limit run, alternating which goes
@@ -35,6 +39,7 @@ from opensearchpy import OpenSearch, helpers
 from bench.common import (
     Run,
     client,
+    machine_cpu_seconds,
     node_cpu_seconds,
     opensearch_url,
     product_sync_on_quiet_node,
@@ -107,19 +112,22 @@ def run_limit(
 
     url = settings.hosts[0]
     settle(url)
-    node0, cpu0, started = node_cpu_seconds(url), time.process_time(), time.perf_counter()
+    node0, cpu0, machine0 = node_cpu_seconds(url), time.process_time(), machine_cpu_seconds()
+    started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=settings.bulk_concurrency) as pool:
         list(pool.map(post, spans))
     os_client.indices.put_settings(index=index, body={"index": {"refresh_interval": None}})
     os_client.indices.refresh(index=index)
     seconds = time.perf_counter() - started
+    busy = (machine_cpu_seconds() - machine0) / seconds
     cpu, node = time.process_time() - cpu0, node_cpu_seconds(url) - node0
     assert os_client.count(index=index)["count"] == docs
-    return Run("limit", seconds, docs, size, None, round(cpu, 1), round(node, 1))
+    return Run("limit", seconds, docs, size, None, round(cpu, 1), round(node, 1), round(busy, 2))
 
 
 def run_naive(os_client: OpenSearch, archive: Path, index: str, work: Path, url: str) -> Run:
-    node0, cpu0, started = node_cpu_seconds(url), time.process_time(), time.perf_counter()
+    node0, cpu0, machine0 = node_cpu_seconds(url), time.process_time(), machine_cpu_seconds()
+    started = time.perf_counter()
     with zipfile.ZipFile(archive) as zf:
         member = zf.infolist()[0]
         zf.extract(member, work)
@@ -144,9 +152,11 @@ def run_naive(os_client: OpenSearch, archive: Path, index: str, work: Path, url:
     assert not errors
     os_client.indices.refresh(index=index)
     seconds = time.perf_counter() - started
+    busy = (machine_cpu_seconds() - machine0) / seconds
     cpu, node = time.process_time() - cpu0, node_cpu_seconds(url) - node0
     path.unlink()
-    return Run("naive", seconds, docs, member.file_size, None, round(cpu, 1), round(node, 1))
+    size = member.file_size
+    return Run("naive", seconds, docs, size, None, round(cpu, 1), round(node, 1), round(busy, 2))
 
 
 def run_product_once(
@@ -156,13 +166,15 @@ def run_product_once(
     os_client = client(url)
     own = f"{prefix}-r{rnd}"
     config = write_settings(work / f"settings-{rnd}.yaml", server, url, own)
-    seconds, rss, cpu, node = product_sync_on_quiet_node(config, url)
+    seconds, rss, cpu, node, busy = product_sync_on_quiet_node(config, url)
     with zipfile.ZipFile(model.snapshot_path) as zf:
         size = zf.infolist()[0].file_size
     docs = os_client.count(index=f"{own}-cve")["count"]
     assert docs == model.snapshot_lines, f"product run: {docs} of {model.snapshot_lines} documents"
     os_client.indices.delete(index=f"{own}*", expand_wildcards="all")
-    return Run("product", seconds, docs, size, round(rss, 1), round(cpu, 1), round(node, 1))
+    return Run(
+        "product", seconds, docs, size, round(rss, 1), round(cpu, 1), round(node, 1), round(busy, 2)
+    )
 
 
 def bench_size(n: int, url: str, skip_naive: bool, repeat: int) -> dict[str, Any]:
@@ -250,6 +262,7 @@ def main() -> None:
             "peak RSS MB",
             "client CPU s",
             "node CPU s",
+            "busy cores",
             "vs limit",
         ]
     ]
@@ -266,6 +279,7 @@ def main() -> None:
                     str(r["peak_rss_mb"] or "-"),
                     str(r["cpu_seconds"]),
                     str(r["node_cpu_seconds"]),
+                    str(r["busy_cores"]),
                     f"{r['docs_per_s'] / limit['docs_per_s']:.2f}",
                 ]
             )
