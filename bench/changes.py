@@ -41,9 +41,9 @@ import orjson
 from opensearchpy import JSONSerializer, NotFoundError, OpenSearch
 
 from bench.common import (
+    Meter,
     Run,
     client,
-    node_cpu_seconds,
     opensearch_url,
     product_sync_on_quiet_node,
     run_product,
@@ -152,11 +152,11 @@ def timed_baseline(
 ) -> Run:
     run_baseline(os_client, feed, model, index, start, BASELINE_WARMUP)
     settle(url)
-    node_before, cpu_before = node_cpu_seconds(url), time.process_time()
+    meter = Meter(url)
     run = run_baseline(os_client, feed, model, index, start + BASELINE_WARMUP, count)
     # The client's CPU includes the in-process feed server's (small: its answers are prerendered).
-    run.cpu_seconds = round(time.process_time() - cpu_before, 2)
-    run.node_cpu_seconds = round(node_cpu_seconds(url) - node_before, 2)
+    _, cpu, node, _ = meter.stop()
+    run.cpu_seconds, run.node_cpu_seconds = round(cpu, 2), round(node, 2)
     return run
 
 

@@ -103,6 +103,22 @@ def machine_cpu_seconds() -> float:
     return busy / os.sysconf("SC_CLK_TCK")
 
 
+class Meter:
+    """Started at a run's start; `stop()` gives the run's wall seconds, this process's CPU
+    seconds, the node's CPU seconds and the machine's busy cores."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.node0, self.cpu0 = node_cpu_seconds(url), time.process_time()
+        self.machine0, self.started = machine_cpu_seconds(), time.perf_counter()
+
+    def stop(self) -> tuple[float, float, float, float]:
+        seconds = time.perf_counter() - self.started
+        busy = (machine_cpu_seconds() - self.machine0) / seconds
+        cpu, node = time.process_time() - self.cpu0, node_cpu_seconds(self.url) - self.node0
+        return seconds, cpu, node, busy
+
+
 def settle(url: str, *, idle: float = 0.1, limit: float = 90.0) -> float:
     """Wait until the node is quiet: less than `idle` of a core busy over a second (merges and
     refreshes a run leaves behind would otherwise slow whichever run comes next). Returns the
@@ -159,7 +175,7 @@ def product_sync_on_quiet_node(config: Path, url: str) -> tuple[float, float, fl
     """`content-sync sync` started once the node is quiet: run_product's (wall seconds, peak RSS
     MB, CPU seconds), the node's CPU seconds meanwhile, and the machine's busy cores."""
     settle(url)
-    node_before, machine_before = node_cpu_seconds(url), machine_cpu_seconds()
+    meter = Meter(url)
     seconds, rss, cpu = run_product(config, "sync")
-    busy = (machine_cpu_seconds() - machine_before) / seconds
-    return seconds, rss, cpu, node_cpu_seconds(url) - node_before, busy
+    _, _, node, busy = meter.stop()  # the product's own seconds and CPU, not this process's
+    return seconds, rss, cpu, node, busy

@@ -37,10 +37,9 @@ from typing import Any
 from opensearchpy import OpenSearch, helpers
 
 from bench.common import (
+    Meter,
     Run,
     client,
-    machine_cpu_seconds,
-    node_cpu_seconds,
     opensearch_url,
     product_sync_on_quiet_node,
     save,
@@ -112,22 +111,18 @@ def run_limit(
 
     url = settings.hosts[0]
     settle(url)
-    node0, cpu0, machine0 = node_cpu_seconds(url), time.process_time(), machine_cpu_seconds()
-    started = time.perf_counter()
+    meter = Meter(url)
     with ThreadPoolExecutor(max_workers=settings.bulk_concurrency) as pool:
         list(pool.map(post, spans))
     os_client.indices.put_settings(index=index, body={"index": {"refresh_interval": None}})
     os_client.indices.refresh(index=index)
-    seconds = time.perf_counter() - started
-    busy = (machine_cpu_seconds() - machine0) / seconds
-    cpu, node = time.process_time() - cpu0, node_cpu_seconds(url) - node0
+    seconds, cpu, node, busy = meter.stop()
     assert os_client.count(index=index)["count"] == docs
     return Run("limit", seconds, docs, size, None, round(cpu, 1), round(node, 1), round(busy, 2))
 
 
 def run_naive(os_client: OpenSearch, archive: Path, index: str, work: Path, url: str) -> Run:
-    node0, cpu0, machine0 = node_cpu_seconds(url), time.process_time(), machine_cpu_seconds()
-    started = time.perf_counter()
+    meter = Meter(url)
     with zipfile.ZipFile(archive) as zf:
         member = zf.infolist()[0]
         zf.extract(member, work)
@@ -151,9 +146,7 @@ def run_naive(os_client: OpenSearch, archive: Path, index: str, work: Path, url:
     docs, errors = helpers.bulk(os_client, actions())
     assert not errors
     os_client.indices.refresh(index=index)
-    seconds = time.perf_counter() - started
-    busy = (machine_cpu_seconds() - machine0) / seconds
-    cpu, node = time.process_time() - cpu0, node_cpu_seconds(url) - node0
+    seconds, cpu, node, busy = meter.stop()
     path.unlink()
     size = member.file_size
     return Run("naive", seconds, docs, size, None, round(cpu, 1), round(node, 1), round(busy, 2))
