@@ -1,6 +1,7 @@
 """Snapshot archive on disk -> a new physical index, verified, then swapped in atomically.
 
-    archive --SnapshotReader--> resources --Store.write (parallel bulk)--> new index
+    archive --SnapshotReader--> batches of lines --Packer--> bulk bodies
+        --Store.write_bodies (parallel bulk)--> new index
         --verify (archive complete, count == lines)--> _aliases swap --> old index deleted
 
 Readers of the alias see the old content until the one atomic swap. If anything fails before it,
@@ -17,11 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from content_sync import failpoints, tempfiles
+from content_sync.bulkbody import Body
 from content_sync.errors import ContentSyncError, SnapshotError, Stopped
 from content_sync.growing import GrowingFile
 from content_sync.settings import SyncSettings
 from content_sync.snapshot import SnapshotReader
-from content_sync.store import BulkOp, BulkStats, Store
+from content_sync.store import BulkStats, Store
 
 __all__ = ["LoadResult", "load_archive", "remove_leftovers"]
 
@@ -88,16 +90,21 @@ def load_archive(
     try:
         stats = BulkStats()
 
-        def ops() -> Iterator[BulkOp]:
-            for n, resource in enumerate(reader, 1):
-                yield ("index", resource.name, resource.source(), resource.offset)
-                if n % PROGRESS_EVERY == 0:
+        def bodies() -> Iterator[Body]:
+            packer, read = store.packer(index), 0
+            for batch in reader.batches():
+                yield from packer.add_documents(batch)
+                before, read = read, read + len(batch)
+                if read // PROGRESS_EVERY != before // PROGRESS_EVERY:
                     if should_stop is not None and should_stop():
                         raise Stopped(f"load of {archive.name} interrupted by shutdown")
                     if progress is not None:
-                        progress(n, reader.bytes_read)
+                        progress(read, reader.bytes_read)
+            last = packer.finish()
+            if last is not None:
+                yield last
 
-        store.write(index, ops(), concurrency=concurrency, stats=stats)
+        store.write_bodies(bodies(), concurrency=concurrency, stats=stats)
         if not reader.complete:  # the generator always completes or raises; belt and braces
             raise SnapshotError(f"{archive}: the archive was not read to its end")
         if reader.lines == 0:

@@ -1,12 +1,12 @@
-"""Snapshot archive -> stream of content documents, with integrity checks.
+"""Snapshot archive -> batches of content documents, with integrity checks.
 
-    zip file --(one .json member, inflated as a stream)--> lines --(ijson C)--> Resource
+    zip file --(one .json member, inflated as a stream)--> pieces of whole lines
+        --(msgspec, one call a piece; ijson for a line of another layout)--> list[Line]
 
-Nothing is extracted and no line is held beyond the one being parsed. The member is read through
-zipfile's own reader, which stops at the size the (ZIP64-aware) central directory declares and
-checks the CRC-32 at the end; we additionally count bytes and lines, so a member whose headers
-lie about its size (the >4 GiB 32-bit-size bug of the real feed) fails loudly instead of
-silently truncating.
+Nothing is extracted and no more than one inflated piece (and one line spanning two) is held.
+The member is inflated by content_sync.zipstream, which checks its CRC-32 and sizes against the
+(ZIP64-aware) central directory; lines are counted too, so a member whose headers lie about its
+size (the >4 GiB 32-bit-size bug of the real feed) fails loudly instead of silently truncating.
 """
 
 from __future__ import annotations
@@ -23,13 +23,13 @@ import ijson
 import msgspec
 import orjson
 
-from content_sync.bulkbody import Source
+from content_sync.bulkbody import Source, content_head
 from content_sync.errors import SnapshotError
 from content_sync.growing import GrowingFile
 from content_sync.lazydoc import decoded, fragment, is_raw_object
 from content_sync.zipstream import StreamedMember, inflate_member
 
-__all__ = ["Resource", "SnapshotReader", "content_source", "offset_from_member_name"]
+__all__ = ["Line", "SnapshotReader", "content_source", "offset_from_member_name"]
 
 if ijson.backend != "yajl2_c":  # pragma: no cover - depends on the installed wheel
     raise ImportError(
@@ -51,8 +51,10 @@ MAX_BLANK_LINES = 1000
 _Name = Annotated[str, msgspec.Meta(min_length=1, max_length=512)]
 
 
-class _Line(msgspec.Struct):
-    """A snapshot line as the fast path reads it: metadata decoded, the payload left raw."""
+class Line(msgspec.Struct):
+    """A snapshot line: metadata decoded, the payload raw JSON text of an object, passed through
+    as the feed wrote it. As the reader gives it, `name` is set (newer feeds call it `resource`)
+    and `offset` is an int no larger than the snapshot's."""
 
     payload: msgspec.Raw = msgspec.Raw(b"")
     name: _Name | None = None
@@ -60,54 +62,37 @@ class _Line(msgspec.Struct):
     offset: Annotated[int, msgspec.Meta(ge=0)] | None = None
     version: int = 0
 
+    def source(self) -> Source:
+        """The content document as stored in OpenSearch, in pieces (bulkbody.Source)."""
+        assert self.offset is not None
+        return (content_head(self.offset, self.version), self.payload, b"}")
 
-_LINE = msgspec.json.Decoder(_Line)
+
+_LINE = msgspec.json.Decoder(Line)
 _ENCODER = msgspec.json.Encoder()
 
 
-@dataclass(slots=True)
-class Resource:
-    """One snapshot line: the payload either parsed, or as the raw JSON bytes of the line."""
-
-    name: str
-    offset: int
-    version: int
-    payload: dict[str, Any] | None = None
-    raw_payload: bytes | msgspec.Raw | None = None
-
-    def source(self) -> Source:
-        """The content document as stored in OpenSearch, in pieces for a raw payload (see
-        bulkbody.Source; source_bytes() joins them)."""
-        if self.raw_payload is not None:
-            head = b'{"offset":%d,"version":%d,"document":' % (self.offset, self.version)
-            # Copied out of the inflated piece it is a view of: kept as a view until its bulk
-            # request is answered, it held whole pieces alive (+11 MB peak RSS at 50,000).
-            return (head, bytes(self.raw_payload), b"}")
-        assert self.payload is not None
-        return content_source(self.offset, self.version, self.payload)
-
-
 def content_source(offset: int, version: int, document: dict[str, Any]) -> bytes:
-    """Serialise a content document; absurdly deep nesting is refused, not a crash.
+    """Serialise a content document; absurdly deep nesting is refused, not a crash."""
+    return b"".join((content_head(offset, version), encode_document(document, offset), b"}"))
+
+
+def encode_document(document: dict[str, Any], offset: int) -> bytes:
+    """A payload as JSON text (`offset` names it in an error).
 
     Parts of a patched document may still be raw JSON text (lazydoc), which msgspec splices
     verbatim; it is ~5x the standard encoder on CVE records. What it refuses (a lone surrogate
     from a \\ud800 escape, absurd nesting) goes through orjson, then the standard encoder."""
-    content = {"offset": offset, "version": version, "document": document}
     try:
-        return _ENCODER.encode(content)
+        return _ENCODER.encode(document)
     except (msgspec.EncodeError, TypeError, ValueError, OverflowError, RecursionError):
         pass
     try:
-        return orjson.dumps(content, default=fragment)
+        return orjson.dumps(document, default=fragment)
     except orjson.JSONEncodeError:
         pass
     try:
-        return json.dumps(
-            {"offset": offset, "version": version, "document": decoded(document)},
-            ensure_ascii=False,
-            separators=(",", ":"),
-        ).encode("utf-8")
+        return json.dumps(decoded(document), ensure_ascii=False, separators=(",", ":")).encode()
     except RecursionError:
         raise SnapshotError(f"document at offset {offset} is nested too deeply") from None
 
@@ -167,9 +152,14 @@ class SnapshotReader:
                 f"sync.max_uncompressed_bytes ({self.max_uncompressed_bytes})"
             )
 
-    def __iter__(self) -> Iterator[Resource]:
+    def __iter__(self) -> Iterator[Line]:
+        for batch in self.batches():
+            yield from batch
+
+    def batches(self) -> Iterator[list[Line]]:
+        """The archive's resources, in lists of tens (the lines of one inflated piece)."""
         if self.growing is not None:
-            yield from self._iter_growing(self.growing)
+            yield from self._growing_batches(self.growing)
             return
         with self._zip() as archive:
             info = self._open_member(archive)
@@ -183,7 +173,7 @@ class SnapshotReader:
             )
         self.complete = True
 
-    def _iter_growing(self, growing: GrowingFile) -> Iterator[Resource]:
+    def _growing_batches(self, growing: GrowingFile) -> Iterator[list[Line]]:
         """The first member, read from the archive's start as it downloads; then, once the
         download is complete, the central directory must agree with what was read (one member,
         its name, sizes and CRC-32), or nothing read counts."""
@@ -211,7 +201,7 @@ class SnapshotReader:
         except (zipfile.BadZipFile, OSError) as exc:
             raise SnapshotError(f"{self.path}: not a readable zip archive: {exc}") from None
 
-    def _parse_member(self, chunks: Iterator[bytes]) -> Iterator[Resource]:
+    def _parse_member(self, chunks: Iterator[bytes]) -> Iterator[list[Line]]:
         """_parse, with a read error reported as the archive's (member_name is set)."""
         try:
             yield from self._parse(chunks)
@@ -221,52 +211,59 @@ class SnapshotReader:
                 f"{self.lines}: {exc}"
             ) from None
 
-    def _parse(self, chunks: Iterator[bytes]) -> Iterator[Resource]:
-        """The per-line loop, kept tight: it runs once per resource (millions of times)."""
-        decode = _LINE.decode
-        max_line, max_offset = self.max_line_bytes, self.max_offset
-        for line in self._lines(chunks):
-            if len(line) > max_line:
-                self._check_line(len(line), self.lines + 1)
-            # The real layout: `{"name": .., "offset": .., "version": .., .., "payload": {..}}`.
-            # One msgspec pass over the line checks that the whole line is valid JSON, decodes
-            # the few metadata keys and leaves the payload as its raw bytes, passed through
-            # unchanged. Building Python objects for 12 KB records would cost more CPU than
-            # OpenSearch spends indexing them.
-            try:
-                item = decode(line)
-            except RecursionError:
-                raise SnapshotError(
-                    f"{self.path}: line {self.lines + 1} is nested too deeply (1000 levels or more)"
-                ) from None
-            except msgspec.MsgspecError:
-                item = None
-            if item is not None and is_raw_object(item.payload):
-                name = item.name if item.name is not None else item.resource
-                offset = item.offset
-                if (
-                    name is not None
-                    and offset is not None
-                    and (max_offset is None or offset <= max_offset)
-                ):
-                    self.lines += 1
-                    yield Resource(name, offset, item.version, raw_payload=item.payload)
-                    continue
-            if _blank(line):
-                self.blank_lines += 1
-                if self.blank_lines > MAX_BLANK_LINES:
-                    raise SnapshotError(
-                        f"{self.path}: more than {MAX_BLANK_LINES} blank lines (after line "
-                        f"{self.lines}): not a JSON Lines snapshot"
-                    )
-                continue
-            # Not the layout above: ijson reads it, and says what is wrong with it.
-            self.lines += 1
-            yield self._slow(line, f"{self.path}: line {self.lines}")
+    def _parse(self, chunks: Iterator[bytes]) -> Iterator[list[Line]]:
+        """Each block of whole lines decoded in one msgspec call (the real layout:
+        `{"name": .., "offset": .., "version": .., .., "payload": {..}}`), which checks that every
+        line is valid JSON, decodes the few metadata keys and leaves the payload as its raw bytes,
+        passed through unchanged. Building Python objects for 12 KB records would cost more CPU
+        than OpenSearch spends indexing them. A block with anything else in it (a line of another
+        layout, a blank or bad line) is read line by line, which says what is wrong."""
+        for data, start, end in self._blocks(chunks):
+            batch = self._fast(data, start, end)
+            if batch is None:
+                batch = []
+                for text in _split(data, start, end):
+                    line = self._line(text, self.lines + len(batch) + 1)
+                    if line is not None:
+                        batch.append(line)
+            self.lines += len(batch)
+            yield batch
 
-    def _lines(self, chunks: Iterator[bytes]) -> Iterator[bytes | memoryview]:
-        """Split the inflated stream into lines: views into the chunk (no copy), except a line
-        that spans chunks. Memory: one chunk plus one line."""
+    def _fast(self, data: bytes, start: int, end: int) -> list[Line] | None:
+        """The lines of `data[start:end]`, or None if any is not exactly one canonical line."""
+        try:
+            # The payloads are views of `data` (no copy), alive until the batch is packed.
+            batch = _LINE.decode_lines(memoryview(data)[start:end])
+        except (msgspec.MsgspecError, RecursionError):
+            return None
+        # decode_lines skips blank lines and would take two objects on one line: one line each.
+        count, pos, max_line = 0, start, self.max_line_bytes
+        while pos < end and count <= len(batch):
+            stop = data.find(b"\n", pos, end)
+            if stop < 0:
+                stop = end
+            if not pos < stop <= pos + max_line:
+                return None
+            count, pos = count + 1, stop + 1
+        if count != len(batch):
+            return None
+        max_offset = self.max_offset
+        for line in batch:
+            if line.name is None:
+                line.name = line.resource
+            offset = line.offset
+            if (
+                line.name is None
+                or offset is None
+                or (max_offset is not None and offset > max_offset)
+                or not (line.payload and memoryview(line.payload)[0] == 0x7B)  # "{"
+            ):
+                return None
+        return batch
+
+    def _blocks(self, chunks: Iterator[bytes]) -> Iterator[tuple[bytes, int, int]]:
+        """Split the inflated stream into blocks of whole lines, `data[start:end]`: a chunk's
+        (no copy), except a line that spans chunks, joined. Memory: one chunk plus one line."""
         head: list[bytes] = []  # the start of the current line, when it spans chunks
         held = 0
         for chunk in chunks:
@@ -276,30 +273,29 @@ class SnapshotReader:
                     f"{self.path}: member inflates beyond sync.max_uncompressed_bytes "
                     f"({self.max_uncompressed_bytes})"
                 )
-            end = chunk.find(b"\n")
-            if end < 0:
+            last = chunk.rfind(b"\n")
+            if last < 0:
                 # Pieces of a long line are gathered, not re-joined chunk after chunk (which
                 # copies the line over and over), and refused as soon as they exceed the limit.
                 head.append(chunk)
                 held += len(chunk)
                 self._check_line(held, self.lines + 1)
                 continue
-            view = memoryview(chunk)
+            start = 0
             if head:
-                self._check_line(held + end, self.lines + 1)
-                head.append(chunk[:end])
-                yield b"".join(head)
-            else:
-                yield view[:end]
-            start = end + 1
-            while (end := chunk.find(b"\n", start)) >= 0:
-                yield view[start:end]
-                start = end + 1
-            rest = chunk[start:]
+                start = chunk.find(b"\n") + 1
+                self._check_line(held + start - 1, self.lines + 1)
+                head.append(chunk[:start])
+                joined = b"".join(head)
+                yield joined, 0, len(joined)
+            if start <= last:
+                yield chunk, start, last + 1
+            rest = chunk[last + 1 :]
             head, held = ([rest], len(rest)) if rest else ([], 0)
             self._check_line(held, self.lines + 1)
         if head:
-            yield b"".join(head)
+            joined = b"".join(head)
+            yield joined, 0, len(joined)
 
     def _check_line(self, size: int, number: int) -> None:
         if size > self.max_line_bytes:
@@ -308,7 +304,38 @@ class SnapshotReader:
                 f"({self.max_line_bytes})"
             )
 
-    def _slow(self, line: bytes | memoryview, where: str) -> Resource:
+    def _line(self, text: bytes, number: int) -> Line | None:
+        """Line `number` (counting resources) read alone; None for a blank one."""
+        self._check_line(len(text), number)
+        try:
+            line = _LINE.decode(text)
+        except RecursionError:
+            raise SnapshotError(
+                f"{self.path}: line {number} is nested too deeply (1000 levels or more)"
+            ) from None
+        except msgspec.MsgspecError:
+            line = None
+        if line is not None and is_raw_object(line.payload):
+            if line.name is None:
+                line.name = line.resource
+            if (
+                line.name is not None
+                and line.offset is not None
+                and (self.max_offset is None or line.offset <= self.max_offset)
+            ):
+                return line
+        if _blank(text):
+            self.blank_lines += 1
+            if self.blank_lines > MAX_BLANK_LINES:
+                raise SnapshotError(
+                    f"{self.path}: more than {MAX_BLANK_LINES} blank lines (after line "
+                    f"{number - 1}): not a JSON Lines snapshot"
+                )
+            return None
+        # Not the layout above: ijson reads it, and says what is wrong with it.
+        return self._slow(text, f"{self.path}: line {number}")
+
+    def _slow(self, line: bytes, where: str) -> Line:
         try:
             values = list(ijson.items(bytes(line), "", use_float=True, multiple_values=True))
         except ijson.JSONError as exc:
@@ -320,7 +347,8 @@ class SnapshotReader:
         payload = item.get("payload")
         if not isinstance(payload, dict):
             raise SnapshotError(f"{where} ({name}) has no payload object")
-        return Resource(name, offset, version, payload=payload)
+        text = msgspec.Raw(encode_document(payload, offset))
+        return Line(text, name=name, offset=offset, version=version)
 
     def _meta(self, item: dict[str, Any], where: str) -> tuple[str, int, int]:
         name = item.get("name", item.get("resource"))
@@ -338,9 +366,19 @@ class SnapshotReader:
         return name, offset, version
 
 
-def _blank(line: bytes | memoryview) -> bool:
+def _split(data: bytes, start: int, end: int) -> Iterator[bytes]:
+    """The lines of `data[start:end]`, without their newlines."""
+    while start < end:
+        stop = data.find(b"\n", start, end)
+        if stop < 0:
+            stop = end
+        yield data[start:stop]
+        start = stop + 1
+
+
+def _blank(line: bytes) -> bool:
     """Whitespace only (JSON Lines readers skip such lines). A record shows within its first
     bytes that it is not, so the whole line is looked at only when those are blank."""
-    if not bytes(line[:16]).strip():
-        return not bytes(line).strip()
+    if not line[:16].strip():
+        return not line.strip()
     return False

@@ -10,7 +10,6 @@ requests through the shared RetryPolicy, item-level 429 rejections by re-sending
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import secrets
 import threading
@@ -30,7 +29,7 @@ from opensearchpy import JSONSerializer, OpenSearch
 from opensearchpy.exceptions import SerializationError
 
 from content_sync import failpoints
-from content_sync.bulkbody import BodyBuffers, Item, Source, item_bytes
+from content_sync.bulkbody import Body, BodyPool, Packer, Source
 from content_sync.errors import LeaseLostError, StoreError, StoreUnavailable
 from content_sync.retry import RetryPolicy
 from content_sync.settings import OpenSearchSettings
@@ -52,9 +51,8 @@ T = TypeVar("T")
 _BULK_PARAMS = {"filter_path": "took,errors,items.*.status,items.*.error"}
 
 Status = Literal["running", "ready", "failed"]
-# ("index", id, source, offset) or ("delete", id, None, offset). The offset becomes the
-# document's external version: a stale writer (one that lost its lease but has not noticed yet)
-# can never overwrite newer content, and a replayed window (same offsets) is accepted.
+# ("index", id, source, offset) or ("delete", id, None, offset); the offset becomes the
+# document's external version (bulkbody: a stale writer cannot overwrite newer content).
 BulkOp = tuple[Literal["index", "delete"], str, Source | None, int]
 
 CONTENT_MAPPING: dict[str, Any] = {
@@ -240,7 +238,7 @@ class Store:
         # state id -> (seq_no, primary_term) of our last read/write; None = does not exist yet
         self._seq: dict[str, tuple[int, int] | None] = {}
         self.lease_ttl = 60.0
-        self._bodies = BodyBuffers(settings.bulk_bytes, keep_bytes=2 * settings.bulk_bytes)
+        self._pool = BodyPool(settings.bulk_bytes, keep_bytes=2 * settings.bulk_bytes)
 
     def _call(self, what: str, fn: Callable[[], T]) -> T:
         def once() -> T:
@@ -513,6 +511,15 @@ class Store:
         transport.connection_pool.mark_live(connection)
         return data
 
+    def packer(self, index: str, *, max_docs: int | None = None) -> Packer:
+        """Packs bodies for write_bodies(), bounded by opensearch.bulk_docs and bulk_bytes."""
+        return Packer(
+            self._pool,
+            index,
+            max_docs=max_docs or self._settings.bulk_docs,
+            max_bytes=self._settings.bulk_bytes,
+        )
+
     def write(
         self,
         index: str,
@@ -527,119 +534,121 @@ class Store:
         `spread`: `ops` is one window's results (a list), split evenly over `concurrency`
         requests. The node indexes a request on one thread: a window sent as one request kept
         one core busy while the next window waited for it (measured: 13.6% faster catch-up
-        with 2 requests, 4 alternating rounds). Otherwise chunks are as large as the bounds
+        with 2 requests, 4 alternating rounds). Otherwise bodies are as large as the bounds
         allow."""
-        stats = stats or BulkStats()
         max_docs = None
         if spread and concurrency > 1:
             ops = list(ops)
             max_docs = min(self._settings.bulk_docs, max(1, -(-len(ops) // concurrency)))
-        chunks = self._chunks(index, ops, max_docs)
+        packer = self.packer(index, max_docs=max_docs)
+
+        def bodies() -> Iterator[Body]:
+            for kind, doc_id, source, version in ops:
+                full = packer.add(packer.action(kind, doc_id, version), source)
+                if full is not None:
+                    yield full
+            last = packer.finish()
+            if last is not None:
+                yield last
+
+        return self.write_bodies(bodies(), concurrency=concurrency, stats=stats)
+
+    def write_bodies(
+        self, bodies: Iterable[Body], *, concurrency: int = 1, stats: BulkStats | None = None
+    ) -> BulkStats:
+        """Send bodies from packer(), `concurrency` requests in flight; they are packed in this
+        thread meanwhile. Returns only when every item succeeded, else raises."""
+        stats = stats or BulkStats()
         if concurrency <= 1:
-            for chunk in chunks:
-                self._send(chunk, stats)
+            for body in bodies:
+                self._send(body, stats)
             return stats
         with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="bulk") as pool:
-            # At most 2 x concurrency chunks exist at once: memory stays bounded however large
-            # the input stream is.
+            # At most 2 x concurrency bodies wait or are in flight: memory stays bounded however
+            # large the input stream is.
             pending: set[Future[None]] = set()
             try:
-                for chunk in chunks:
+                for body in bodies:
                     while len(pending) >= 2 * concurrency:
                         # FIRST_COMPLETED: with FIRST_EXCEPTION, wait() returns only once *all*
-                        # are done, and the node idles while the next chunks are built.
+                        # are done, and the node idles while the next bodies are packed.
                         done, pending = wait(pending, return_when=FIRST_COMPLETED)
                         for f in done:
                             f.result()
-                    pending.add(pool.submit(self._send, chunk, stats))
+                    pending.add(pool.submit(self._send, body, stats))
                 done, _ = wait(pending)
                 for f in done:
                     f.result()
             except BaseException:
-                # The write has failed (or is stopping): chunks not sent yet are not sent at all.
+                # The write has failed (or is stopping): bodies not sent yet are not sent at all.
                 for f in pending:
                     f.cancel()
                 raise
         return stats
 
-    def _chunks(
-        self, index: str, ops: Iterable[BulkOp], max_docs: int | None = None
-    ) -> Iterator[list[Item]]:
-        max_docs = max_docs or self._settings.bulk_docs
-        max_bytes = self._settings.bulk_bytes
-        chunk: list[Item] = []
-        size = 0
-        idx = _json_str(index)
-        for kind, doc_id, source, version in ops:
-            action = (
-                b'{"%s":{"_index":%s,"_id":%s,"version":%d,"version_type":"external_gte"}}\n'
-                % (
-                    kind.encode(),
-                    idx,
-                    _json_str(doc_id),
-                    version,
-                )
-            )
-            item_size = item_bytes(action, source)
-            if chunk and (len(chunk) >= max_docs or size + item_size > max_bytes):
-                yield chunk
-                chunk, size = [], 0
-            chunk.append((action, source))
-            size += item_size
-        if chunk:
-            yield chunk
-
-    def _send(self, chunk: list[Item], stats: BulkStats) -> None:
-        todo = chunk
+    def _send(self, body: Body, stats: BulkStats) -> None:
+        """Post `body`, then again only its items rejected with 429; the body's buffer goes back
+        to the pool afterwards."""
         attempt = 0
-        while todo:
-            with self._bodies.body(todo) as body:
-                started = time.monotonic()
-                result = self._call(
-                    f"bulk request of {len(todo)} items",
-                    lambda body=body: bulk_answer(  # type: ignore[misc]
-                        self._post_bytes("/_bulk", _BULK_PARAMS, body)
-                    ),
-                )
-                stats.add(len(todo), len(body))
+        try:
+            while True:
+                with body.view() as view:
+                    started = time.monotonic()
+                    result = self._call(
+                        f"bulk request of {body.docs} items",
+                        lambda view=view: bulk_answer(  # type: ignore[misc]
+                            self._post_bytes("/_bulk", _BULK_PARAMS, view)
+                        ),
+                    )
+                stats.add(body.docs, body.size)
                 log.debug(
                     "bulk request of %d items (%d bytes) answered in %.0f ms; node took %s ms",
-                    len(todo),
-                    len(body),
+                    body.docs,
+                    body.size,
                     (time.monotonic() - started) * 1000,
                     result.get("took"),
                 )
-            if not result.get("errors"):
-                failpoints.hit("bulk-done")
-                return
-            retry: list[Item] = []
-            for item, op in zip(result["items"], todo, strict=True):
-                ((kind, outcome),) = item.items()
-                status = outcome.get("status", 0)
-                if status < 300 or status == 409 or (kind == "delete" and status == 404):
-                    continue  # 409: the index holds a newer version (a later change): keep it
-                if status == 429:
-                    retry.append(op)
-                    continue
-                raise StoreError(
-                    f"OpenSearch rejected {kind} of {op[0].decode().strip()}: {status} "
-                    f"{outcome.get('error')}"
+                if not result.get("errors"):
+                    failpoints.hit("bulk-done")
+                    return
+                retry = _rejected(result, body)
+                if not retry:
+                    return
+                attempt += 1
+                if attempt >= self._retry.attempts:
+                    raise StoreUnavailable(
+                        f"OpenSearch kept rejecting {len(retry)} bulk items with 429",
+                        cause="store-429",
+                    )
+                with stats._lock:
+                    stats.item_retries += len(retry)
+                delay = min(self._retry.max_wait, self._retry.initial * 2**attempt)
+                log.warning(
+                    "OpenSearch rejected %d bulk items (429); retrying in %.1f s",
+                    len(retry),
+                    delay,
                 )
-            if not retry:
-                return
-            attempt += 1
-            if attempt >= self._retry.attempts:
-                raise StoreUnavailable(
-                    f"OpenSearch kept rejecting {len(retry)} bulk items with 429", cause="store-429"
-                )
-            with stats._lock:
-                stats.item_retries += len(retry)
-            delay = min(self._retry.max_wait, self._retry.initial * 2**attempt)
-            log.warning(
-                "OpenSearch rejected %d bulk items (429); retrying in %.1f s", len(retry), delay
-            )
-            self._retry.sleep(delay * (0.5 + secrets.randbelow(1000) / 1000))
-            todo = retry
+                self._retry.sleep(delay * (0.5 + secrets.randbelow(1000) / 1000))
+                body.reset(retry)
+        finally:
+            self._pool.give(body)
+
+
+def _rejected(result: dict[str, Any], body: Body) -> list[bytes]:
+    """The items of `body` that the node rejected with 429, to send again; StoreError for an
+    item it refused for good."""
+    retry: list[bytes] = []
+    for answer, item in zip(result["items"], body.items(), strict=True):
+        ((kind, outcome),) = answer.items()
+        status = outcome.get("status", 0)
+        if status < 300 or status == 409 or (kind == "delete" and status == 404):
+            continue  # 409: the index holds a newer version (a later change): keep it
+        if status == 429:
+            retry.append(item)
+            continue
+        action = item.split(b"\n", 1)[0].decode("utf-8", "replace")
+        raise StoreError(f"OpenSearch rejected {kind} of {action}: {status} {outcome.get('error')}")
+    return retry
 
 
 def _mark_dead(transport: Any, connection: Any) -> None:
@@ -681,10 +690,3 @@ def mget_documents(raw: bytes, index: str) -> dict[str, dict[str, Any]]:
                 "document": source.document,
             }
     return out
-
-
-def _json_str(value: str) -> bytes:
-    try:
-        return orjson.dumps(value)
-    except orjson.JSONEncodeError:  # a lone surrogate (from a \\ud800 escape): escaped as is
-        return json.dumps(value).encode()

@@ -11,11 +11,15 @@ from typing import Any
 import pytest
 from opensearchpy import OpenSearch
 
-from content_sync.bulkbody import Item, source_bytes
+from content_sync.bulkbody import Body
 from content_sync.errors import StoreError
 from content_sync.retry import RetryPolicy
 from content_sync.settings import OpenSearchSettings
 from content_sync.store import BulkOp, Store
+
+
+def _first_source(body: Body) -> bytes:
+    return next(body.items()).split(b"\n")[1]
 
 
 def _store(bulk_docs: int) -> Store:
@@ -33,9 +37,9 @@ def test_a_slow_request_does_not_stop_the_others() -> None:
     sent: list[bytes] = []
     lock = threading.Lock()
 
-    def send(chunk: list[Item], stats: Any) -> None:
+    def send(body: Body, stats: Any) -> None:
         with lock:
-            sent.append(source_bytes(chunk[0][1] or b""))
+            sent.append(_first_source(body))
             first = len(sent) == 1
         if first:
             assert slow.wait(10), "the first request was never released"
@@ -59,9 +63,9 @@ def _chunk_sizes(ops: list[BulkOp], **write: Any) -> list[int]:
     sizes: list[int] = []
     lock = threading.Lock()
 
-    def send(chunk: list[Item], stats: Any) -> None:
+    def send(body: Body, stats: Any) -> None:
         with lock:
-            sizes.append(len(chunk))
+            sizes.append(body.docs)
 
     store._send = send  # type: ignore[method-assign]
     store.write("i", ops, **write)
@@ -86,8 +90,8 @@ def test_after_a_failed_request_the_chunks_not_yet_sent_are_dropped() -> None:
     sent: list[bytes] = []
     lock = threading.Lock()
 
-    def send(chunk: list[Item], stats: Any) -> None:
-        source = source_bytes(chunk[0][1] or b"")
+    def send(body: Body, stats: Any) -> None:
+        source = _first_source(body)
         if source == b'{"n":0}':
             time.sleep(0.05)
             raise StoreError("the node refused it")
