@@ -7,6 +7,7 @@ args as strings, so the body is built as an ordered dict and sent as-is.
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 import httpx
@@ -48,23 +49,39 @@ class Notifier:
     ) -> None:
         self._settings = settings
         self._retry = retry
+        self._transport = transport
         password = settings.password_value()
-        auth = (settings.username, password) if settings.username and password is not None else None
-        verify = tls_verify(settings.verify_certs, settings.ca_certs)
-        self._http = httpx.Client(
-            timeout=settings.timeout,
-            verify=verify,
-            auth=auth,
-            headers={"User-Agent": user_agent()},
-            transport=transport,
+        self._auth = (
+            (settings.username, password) if settings.username and password is not None else None
         )
+        self._client: httpx.Client | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def _http(self) -> httpx.Client:
+        """Built at the first request: its TLS context loads a CA bundle (~30 ms of every
+        start), which a process that notifies nobody (disabled, nothing moved) never needs."""
+        with self._lock:
+            if self._client is None:
+                settings = self._settings
+                self._client = httpx.Client(
+                    timeout=settings.timeout,
+                    verify=tls_verify(settings.verify_certs, settings.ca_certs),
+                    auth=self._auth,
+                    headers={"User-Agent": user_agent()},
+                    transport=self._transport,
+                )
+            return self._client
 
     @property
     def enabled(self) -> bool:
         return self._settings.enabled
 
     def close(self) -> None:
-        self._http.close()
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
 
     def probe(self) -> str | None:
         """Reach the endpoint without sending a command: None if reachable with our
