@@ -21,6 +21,7 @@ from content_sync import failpoints, tempfiles
 from content_sync.bulkbody import Body
 from content_sync.errors import ContentSyncError, SnapshotError, Stopped
 from content_sync.growing import GrowingFile
+from content_sync.memory import release_free_memory
 from content_sync.settings import SyncSettings
 from content_sync.snapshot import SnapshotReader
 from content_sync.store import BulkStats, Store
@@ -96,6 +97,7 @@ def load_archive(
                 yield from packer.add_documents(batch)
                 before, read = read, read + len(batch)
                 if read // PROGRESS_EVERY != before // PROGRESS_EVERY:
+                    release_free_memory()  # keeps a long load's memory flat (memory.py)
                     if should_stop is not None and should_stop():
                         raise Stopped(f"load of {archive.name} interrupted by shutdown")
                     if progress is not None:
