@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import compileall
+import contextlib
 import json
 import os
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -91,6 +93,50 @@ def node_cpu_seconds(url: str) -> float:
     stats = client(url).nodes.stats(metric="process")
     node = next(iter(stats["nodes"].values()))
     return float(node["process"]["cpu"]["total_in_millis"]) / 1000
+
+
+def node_pid(url: str) -> int:
+    info = client(url).nodes.info(metric="process")
+    return int(next(iter(info["nodes"].values()))["process"]["id"])
+
+
+def _pin_process(pid: int, cpus: set[int]) -> None:
+    """Every thread of `pid` (threads it starts later inherit from their creator)."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(ProcessLookupError):  # a thread that just ended
+            os.sched_setaffinity(int(tid), cpus)
+
+
+PLACEMENTS = ("shared", "split")
+
+
+@contextlib.contextmanager
+def placement(url: str, name: str) -> Iterator[str]:
+    """Where the node and the client run while the block runs, as a description.
+
+    shared: anywhere, as an install with the indexer on the same host has it; the client's CPU
+        is then taken from the node's cores.
+    split:  the node on the first half of the cores, this process (the limit's client, the local
+        feed) and the processes it starts (the product) on the other half, as with the indexer
+        on its own host: the node's throughput is what its cores give, and whether the product
+        keeps it fed is measured without its CPU being the node's loss.
+    Threads this process already has are not moved: enter it before starting the feed."""
+    cpus = set(range(os.cpu_count() or 1))
+    if name == "shared":
+        yield f"node and client share {len(cpus)} cores"
+        return
+    if len(cpus) < 2:
+        sys.exit("the split placement needs at least 2 cores")
+    ordered = sorted(cpus)
+    node_cpus, client_cpus = set(ordered[: len(ordered) // 2]), set(ordered[len(ordered) // 2 :])
+    pid = node_pid(url)
+    _pin_process(pid, node_cpus)
+    os.sched_setaffinity(0, client_cpus)
+    try:
+        yield f"node on cores {sorted(node_cpus)}, client on {sorted(client_cpus)}"
+    finally:
+        _pin_process(pid, cpus)
+        os.sched_setaffinity(0, cpus)
 
 
 def machine_cpu_seconds() -> float:

@@ -4,10 +4,11 @@ For each size N (resources of ~12 KB from the local feed), in one run on the sam
 - product: `content-sync sync` (a real process, from its start to its exit) on a fresh feed:
   download, stream, parse (msgspec; ijson for a line of another layout), bulk-load a new index,
   verify, swap. Wall time, peak RSS and CPU time of that process.
-- limit:   the same documents as ready-made bulk bodies (built beforehand, the product's own
-  chunking: same count/byte bounds), same index settings and concurrency, posted straight to the
-  node: no download, no parsing. What the node can take. Timed from its first request to the
-  refresh that ends it (the index is created before, and nothing has a process to start).
+- limit:   the same documents as ready-made bulk bodies (built beforehand by the product's own
+  reader and packer: the same bytes, cut at the same places), same index settings and
+  concurrency, posted straight to the node: no download, no parsing. What the node can take.
+  Timed from its first request to the refresh that ends it (the index is created before, and
+  nothing has a process to start).
 - naive:   extract the zip to disk, json.loads every line, opensearchpy.helpers.bulk with its
   defaults, one request at a time.
 
@@ -15,10 +16,16 @@ Each run also reports its busy cores: the whole machine's CPU seconds (product o
 node, the local feed, the kernel) per second of its wall time. On this two-core machine it says
 how far a run is from being bound by CPU that the client and the node share.
 
-Usage: python bench/snapshot.py [--sizes 50000,200000] [--skip-naive] [--repeat 3]
+Both runs are measured in two placements (bench.common.placement): `shared`, the node and the
+client on the same cores (the client's CPU is the node's loss), and `split`, the node on half of
+the cores and the client on the other half (whether the product keeps the node fed).
 
-Each size runs `--repeat` rounds of a product run and a limit run, alternating which goes
-first. The table compares the best of each; each round's pair is also printed as a ratio.
+Usage: python bench/snapshot.py [--sizes 50000,200000] [--placements shared,split]
+                                [--skip-naive] [--repeat 3]
+
+Each size and placement runs `--repeat` rounds of a product run and a limit run, alternating
+which goes first. The table compares the best of each; each round's pair is also printed as a
+ratio.
 """
 
 from __future__ import annotations
@@ -37,50 +44,52 @@ from typing import Any
 from opensearchpy import OpenSearch, helpers
 
 from bench.common import (
+    PLACEMENTS,
     Meter,
     Run,
     client,
     opensearch_url,
+    placement,
     product_sync_on_quiet_node,
     save,
     settle,
     table,
     write_settings,
 )
-from content_sync.bulkbody import source_bytes
+from content_sync.bulkbody import Body
 from content_sync.retry import RetryPolicy
 from content_sync.settings import OpenSearchSettings
-from content_sync.snapshot import content_source
-from content_sync.store import CONTENT_MAPPING, BulkOp, Store
+from content_sync.snapshot import SnapshotReader
+from content_sync.store import CONTENT_MAPPING, Store
 from content_sync.testing.model import FeedModel
 from content_sync.testing.server import FeedServer
-
-
-def snapshot_lines(archive: Path) -> Iterator[dict[str, Any]]:
-    with zipfile.ZipFile(archive) as zf, zf.open(zf.infolist()[0]) as member:
-        for line in member:
-            yield json.loads(line)
 
 
 def build_bodies(
     archive: Path, index: str, out: Path, store: Store
 ) -> tuple[list[tuple[int, int]], int, int]:
-    """Write the product's bulk bodies for `archive` to `out`; return their spans, docs, bytes."""
-    ops: Iterator[BulkOp] = (
-        ("index", d["name"], content_source(d["offset"], d["version"], d["payload"]), d["offset"])
-        for d in snapshot_lines(archive)
-    )
-    spans, docs, pos = [], 0, 0
+    """Write the product's bulk bodies for `archive` to `out` (its own reader and packer, as a
+    snapshot load packs them); return their spans, documents and the member's size."""
+    reader = SnapshotReader(archive, max_uncompressed_bytes=1 << 40, max_line_bytes=1 << 30)
+    packer = store.packer(index)
+    spans: list[tuple[int, int]] = []
+    docs = pos = 0
+
+    def write(body: Body) -> None:
+        nonlocal pos, docs
+        with body.view() as view:
+            f.write(view)
+        spans.append((pos, body.size))
+        pos, docs = pos + body.size, docs + body.docs
+
     with out.open("wb") as f:
-        for chunk in store._chunks(index, ops):
-            body = b"".join(a + source_bytes(s) + b"\n" for a, s in chunk if s is not None)
-            f.write(body)
-            spans.append((pos, len(body)))
-            pos += len(body)
-            docs += len(chunk)
-    with zipfile.ZipFile(archive) as zf:
-        size = zf.infolist()[0].file_size
-    return spans, docs, size
+        for batch in reader.batches():
+            for body in packer.add_documents(batch):
+                write(body)
+        last = packer.finish()
+        if last is not None:
+            write(last)
+    return spans, docs, reader.bytes_read
 
 
 _BUILT: dict[Path, tuple[list[tuple[int, int]], int, int]] = {}
@@ -170,7 +179,60 @@ def run_product_once(
     )
 
 
-def bench_size(n: int, url: str, skip_naive: bool, repeat: int) -> dict[str, Any]:
+def rounds(
+    n: int,
+    model: FeedModel,
+    work: Path,
+    url: str,
+    where: str,
+    repeat: int,
+) -> dict[str, Any]:
+    """`repeat` rounds of a product and a limit run in one placement; the best of each."""
+    os_client = client(url)
+    prefix = f"bench-snap-{n}-{where}"
+    settings = OpenSearchSettings(hosts=[url], bulk_concurrency=2)
+    products: list[Run] = []
+    limits: list[Run] = []
+    with placement(url, where) as described, FeedServer(model) as server:
+        print(f"[{n}] {where}: {described}", flush=True)
+        # Rounds alternate which of the two goes first (the node warms up, the machine's other
+        # load varies); the best of each is compared. Every run is in the JSON.
+        for rnd in range(repeat):
+            order = ("product", "limit") if rnd % 2 == 0 else ("limit", "product")
+            for which in order:
+                if which == "product":
+                    products.append(run_product_once(model, server, work, url, prefix, rnd))
+                    last = products[-1]
+                    print(
+                        f"[{n}] {where} product {last.seconds:.1f} s, "
+                        f"peak RSS {last.peak_rss_mb} MB",
+                        flush=True,
+                    )
+                else:
+                    index = f"{prefix}-limit"
+                    limits.append(run_limit(os_client, model.snapshot_path, index, work, settings))
+                    os_client.indices.delete(index=index)
+                    print(f"[{n}] {where} limit {limits[-1].seconds:.1f} s", flush=True)
+    # Each round's product against the limit run next to it: the machine's speed drifts over
+    # minutes (the limit's own time moved by 25% between runs), and a pair shares its moment.
+    paired = [
+        round(lim.seconds / prod.seconds, 3) for prod, lim in zip(products, limits, strict=True)
+    ]
+    best = [min(products, key=lambda r: r.seconds), min(limits, key=lambda r: r.seconds)]
+    return {
+        "placement": where,
+        "described": described,
+        "runs": [r.row() for r in best],
+        "all_runs": [r.row() for r in products + limits],
+        "product_vs_limit": round(best[0].docs_per_s / best[1].docs_per_s, 3),
+        "paired_vs_limit": paired,
+        "paired_median": statistics.median(paired),
+    }
+
+
+def bench_size(
+    n: int, url: str, placements: list[str], skip_naive: bool, repeat: int
+) -> dict[str, Any]:
     os_client = client(url)
     prefix = f"bench-snap-{n}"
     os_client.indices.delete(index=f"{prefix}*", ignore_unavailable=True, expand_wildcards="all")
@@ -180,53 +242,14 @@ def bench_size(n: int, url: str, skip_naive: bool, repeat: int) -> dict[str, Any
         started = time.perf_counter()
         model = FeedModel(resources=n, seed=n, workdir=work / "feed")
         print(f"[{n}] model ready in {time.perf_counter() - started:.0f} s", flush=True)
-        runs: list[Run] = []
-        settings = OpenSearchSettings(hosts=[url], bulk_concurrency=2)
-        products: list[Run] = []
-        limits: list[Run] = []
-        with FeedServer(model) as server:
-            # Rounds alternate which of the two goes first (the node warms up, the machine's
-            # other load varies); the best of each is compared. Every run is in the JSON.
-            for rnd in range(repeat):
-                order = ("product", "limit") if rnd % 2 == 0 else ("limit", "product")
-                for which in order:
-                    if which == "product":
-                        products.append(run_product_once(model, server, work, url, prefix, rnd))
-                        last = products[-1]
-                        print(
-                            f"[{n}] product {last.seconds:.1f} s, peak RSS {last.peak_rss_mb} MB",
-                            flush=True,
-                        )
-                    else:
-                        index = f"{prefix}-limit"
-                        limits.append(
-                            run_limit(os_client, model.snapshot_path, index, work, settings)
-                        )
-                        os_client.indices.delete(index=index)
-                        print(f"[{n}] limit {limits[-1].seconds:.1f} s", flush=True)
-        runs += [min(products, key=lambda r: r.seconds), min(limits, key=lambda r: r.seconds)]
+        results = [rounds(n, model, work, url, where, repeat) for where in placements]
+        naive = None
         if not skip_naive:
-            runs.append(run_naive(os_client, model.snapshot_path, f"{prefix}-naive", work, url))
-            print(f"[{n}] naive {runs[-1].seconds:.1f} s", flush=True)
+            naive = run_naive(os_client, model.snapshot_path, f"{prefix}-naive", work, url)
+            print(f"[{n}] naive {naive.seconds:.1f} s", flush=True)
         model.close()
     os_client.indices.delete(index=f"{prefix}*", ignore_unavailable=True, expand_wildcards="all")
-    by = {r.name: r for r in runs}
-    # Each round's product against the limit run next to it: the machine's speed drifts over
-    # minutes (the limit's own time moved by 25% between runs), and a pair shares its moment.
-    paired = [
-        round(lim.seconds / prod.seconds, 3) for prod, lim in zip(products, limits, strict=True)
-    ]
-    return {
-        "resources": n,
-        "runs": [r.row() for r in runs],
-        "all_runs": [r.row() for r in products + limits],
-        "product_vs_limit": round(by["product"].docs_per_s / by["limit"].docs_per_s, 3),
-        "paired_vs_limit": paired,
-        "paired_median": statistics.median(paired),
-        "product_vs_naive": round(by["product"].docs_per_s / by["naive"].docs_per_s, 2)
-        if "naive" in by
-        else None,
-    }
+    return {"resources": n, "placements": results, "naive": naive.row() if naive else None}
 
 
 def main() -> None:
@@ -234,63 +257,85 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--sizes", default="50000,200000")
+    parser.add_argument(
+        "--placements",
+        default=",".join(PLACEMENTS),
+        help="where the node and the client run (shared: the same cores; split: apart)",
+    )
     parser.add_argument("--skip-naive", action="store_true")
     parser.add_argument(
         "--repeat",
         type=int,
         default=3,
-        help="rounds of a product and a limit run per size (the best of each is shown)",
+        help="rounds of a product and a limit run per size and placement (the best of each "
+        "is shown)",
     )
     args = parser.parse_args()
+    placements = args.placements.split(",")
+    if unknown := set(placements) - set(PLACEMENTS):
+        parser.error(f"unknown placements {sorted(unknown)}; choose from {PLACEMENTS}")
     url = opensearch_url()
     version = client(url).info()["version"]["number"]
-    results = [bench_size(int(n), url, args.skip_naive, args.repeat) for n in args.sizes.split(",")]
-    rows = [
-        [
-            "resources",
-            "run",
-            "seconds",
-            "docs/s",
-            "MB/s",
-            "peak RSS MB",
-            "client CPU s",
-            "node CPU s",
-            "busy cores",
-            "vs limit",
-        ]
+    results = [
+        bench_size(int(n), url, placements, args.skip_naive, args.repeat)
+        for n in args.sizes.split(",")
     ]
+    header = [
+        "resources",
+        "placement",
+        "run",
+        "seconds",
+        "docs/s",
+        "MB/s",
+        "peak RSS MB",
+        "client CPU s",
+        "node CPU s",
+        "busy cores",
+        "vs limit",
+    ]
+    rows = [header]
     for res in results:
-        limit = next(r for r in res["runs"] if r["name"] == "limit")
-        for r in res["runs"]:
-            rows.append(
-                [
-                    str(res["resources"]),
-                    r["name"],
-                    f"{r['seconds']:.1f}",
-                    f"{r['docs_per_s']:.0f}",
-                    f"{r['mb_per_s']:.1f}",
-                    str(r["peak_rss_mb"] or "-"),
-                    str(r["cpu_seconds"]),
-                    str(r["node_cpu_seconds"]),
-                    str(r["busy_cores"]),
-                    f"{r['docs_per_s'] / limit['docs_per_s']:.2f}",
-                ]
-            )
+        for part in res["placements"]:
+            product, limit = part["runs"]
+            runs = [product, limit]
+            if res["naive"] is not None and part["placement"] == "shared":
+                runs.append(res["naive"])
+            for r in runs:
+                rows.append(
+                    [
+                        str(res["resources"]),
+                        part["placement"],
+                        r["name"],
+                        f"{r['seconds']:.1f}",
+                        f"{r['docs_per_s']:.0f}",
+                        f"{r['mb_per_s']:.1f}",
+                        str(r["peak_rss_mb"] or "-"),
+                        str(r["cpu_seconds"]),
+                        str(r["node_cpu_seconds"]),
+                        str(r["busy_cores"]),
+                        f"{r['docs_per_s'] / limit['docs_per_s']:.2f}",
+                    ]
+                )
     print(f"\nSnapshot initialisation, OpenSearch {version}, 2 bulk requests in flight\n")
     print(table(rows))
     for res in results:
-        rounds = ", ".join(f"{x:.2f}" for x in res["paired_vs_limit"])
-        print(
-            f"\n{res['resources']}: each round's product vs its limit run {rounds}; "
-            f"median {res['paired_median']:.2f}"
-        )
-    rss = [next(r for r in res["runs"] if r["name"] == "product")["peak_rss_mb"] for res in results]
-    if len(rss) > 1:
-        print(
-            f"\npeak RSS of the product: {rss[0]} MB at {results[0]['resources']} -> "
-            f"{rss[-1]} MB at "
-            f"{results[-1]['resources']} resources ({(rss[-1] / rss[0] - 1) * 100:+.1f}%)"
-        )
+        for part in res["placements"]:
+            paired = ", ".join(f"{x:.2f}" for x in part["paired_vs_limit"])
+            print(
+                f"\n{res['resources']} {part['placement']} ({part['described']}): each round's "
+                f"product vs its limit run {paired}; median {part['paired_median']:.2f}"
+            )
+    for where in placements:
+        rss = [
+            next(p for p in res["placements"] if p["placement"] == where)["runs"][0]["peak_rss_mb"]
+            for res in results
+        ]
+        if len(rss) > 1:
+            print(
+                f"\npeak RSS of the product ({where}): {rss[0]} MB at "
+                f"{results[0]['resources']} -> {rss[-1]} MB at {results[-1]['resources']} "
+                f"resources ({(rss[-1] / rss[0] - 1) * 100:+.1f}%)"
+            )
     path = save("snapshot", {"opensearch": version, "results": results})
     print(f"results: {path}")
 
