@@ -5,10 +5,9 @@
                                                  +------ BodyPool <---------+
 
 A body is packed whole by the thread that reads the input, then handed to a sender that only
-posts it: the sender threads then hold the GIL for the request alone, and a document's bytes are
-copied once, from the inflated archive into the body. Packing in the senders from per-document
-item tuples cost ~10 us a document more in a snapshot load (a 50,000-resource load went from
-3.2 to 2.6 s of CPU when the packing moved here and lost its tuples).
+posts it, and a snapshot document's bytes are copied once, from the inflated archive into the
+body. Packed in the senders from per-document tuples, a 50,000-resource load took 3.3-3.4 s of
+CPU; packed here, 2.9-3.0 s (3 alternating rounds, bench/README.md).
 
 A body is several MiB. Joined into a new bytes object for every request, it lands in a block
 that glibc maps for it and unmaps when it is freed (content_sync.memory keeps large blocks on
