@@ -22,6 +22,7 @@ from content_sync.errors import Stopped, StoreError, TransientError
 from content_sync.lazydoc import decoded
 from content_sync.retry import RetryPolicy
 from content_sync.settings import OpenSearchSettings
+from content_sync.snapshot import content_source
 from content_sync.store import CONTENT_MAPPING, BulkOp, Store, make_client
 
 
@@ -236,3 +237,26 @@ def test_each_bulk_request_is_logged_at_debug_with_the_nodes_own_time(
     assert sorted(int(m[1]) for m in matched) == [2, 4, 4], lines
     os_client.indices.refresh(index=index)
     assert os_client.count(index=index)["count"] == 10
+
+
+def test_a_document_stored_indented_is_written_back_on_one_line(
+    os_client: OpenSearch, opensearch_url: str, prefix: str
+) -> None:
+    """A document stored indented (not by content-sync) comes back from a multi-get with
+    newlines in its raw JSON; written back with the parts no patch reached passed through, it
+    must still be one line of the bulk body."""
+    index = f"{prefix}-indented"
+    os_client.indices.create(index=index, body={"mappings": CONTENT_MAPPING})
+    source = {"offset": 3, "version": 1, "document": {"a": [1, {"b": "x\ny"}], "c": 2.5}}
+    os_client.index(
+        index=index,
+        id="CVE-1",
+        body=json.dumps(source, indent=2),
+        params={"version": 3, "version_type": "external", "refresh": "true"},
+    )
+    settings = OpenSearchSettings(hosts=[opensearch_url])
+    store = Store(make_client(settings), settings, RetryPolicy())
+    document = store.mget(index, ["CVE-1"])["CVE-1"]["document"]
+    store.write(index, [("index", "CVE-1", content_source(4, 2, document), 4)])
+    got = os_client.get(index=index, id="CVE-1")["_source"]
+    assert got == {"offset": 4, "version": 2, "document": source["document"]}

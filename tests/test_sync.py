@@ -116,6 +116,23 @@ def test_catch_up_over_later_cycles_without_snapshot(
     ]
 
 
+def test_an_indented_feed_answer_is_applied_as_a_compact_one(
+    feed_server: FeedServer, os_client: OpenSearch, runtime_factory: Any
+) -> None:
+    """JSON allows whitespace between any two tokens: a feed that indents its answers sends
+    payloads with newlines in them, which a bulk body (a document a line) cannot carry as such."""
+    model = feed_server.model
+    rt = runtime_factory()
+    sync = rt.feed_sync(FEED)
+    assert sync.run_cycle().outcome == "ok"
+    feed_server.pretty = True
+    head = model.append_changes(600)
+    result = sync.run_cycle()
+    assert result.outcome == "ok", result.error
+    assert result.after == head and result.changes["create"] > 0
+    assert assert_matches_truth(os_client, rt.settings.feed(FEED).index, model, head) > 0
+
+
 @pytest.mark.parametrize("batch", [1, 3])
 def test_tiny_windows_read_what_the_windows_in_flight_wrote(
     feed_server: FeedServer, os_client: OpenSearch, runtime_factory: Any, batch: int

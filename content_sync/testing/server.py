@@ -143,6 +143,9 @@ class FeedServer:
         self.commands: list[dict[str, Any]] = []
         self.command_auth: tuple[str, str] | None = None
         self.range_support = True
+        # JSON answers indented, as a feed may send them: JSON allows whitespace between any two
+        # tokens, so a payload passed through raw then holds newlines.
+        self.pretty = False
         # Snapshot downloads paced to this many bytes a second (None: as fast as loopback goes);
         # benchmarks use it to stand for a feed that is far away.
         self.snapshot_rate: float | None = None
@@ -457,6 +460,10 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     def _json(self, status: int, obj: Any, headers: dict[str, str] | None = None) -> None:
+        if self.server.feed.pretty:
+            body = json.dumps(obj, ensure_ascii=False, indent=2).encode()
+            self._send(status, body, headers=headers)
+            return
         try:
             # orjson: a 1000-change answer costs ~3 ms instead of ~20, which matters when this
             # stand-in shares the machine's cores with the product and the node (benchmarks).
