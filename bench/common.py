@@ -130,7 +130,13 @@ def placement(url: str, name: str) -> Iterator[str]:
     ordered = sorted(cpus)
     node_cpus, client_cpus = set(ordered[: len(ordered) // 2]), set(ordered[len(ordered) // 2 :])
     pid = node_pid(url)
-    _pin_process(pid, node_cpus)
+    try:
+        _pin_process(pid, node_cpus)
+    except PermissionError:
+        sys.exit(
+            "the split placement pins the node's threads, which needs root or CAP_SYS_NICE "
+            "(the node runs as another user): run as root or with --placements shared"
+        )
     os.sched_setaffinity(0, client_cpus)
     try:
         yield f"node on cores {sorted(node_cpus)}, client on {sorted(client_cpus)}"
