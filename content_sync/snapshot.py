@@ -247,19 +247,21 @@ class SnapshotReader:
             count, pos = count + 1, stop + 1
         if count != len(batch):
             return None
-        max_offset = self.max_offset
-        for line in batch:
-            if line.name is None:
-                line.name = line.resource
-            offset = line.offset
-            if (
-                line.name is None
-                or offset is None
-                or (max_offset is not None and offset > max_offset)
-                or not (line.payload and memoryview(line.payload)[0] == 0x7B)  # "{"
-            ):
-                return None
-        return batch
+        usable = self._usable
+        return batch if all(map(usable, batch)) else None
+
+    def _usable(self, line: Line) -> bool:
+        """A decoded line is as the reader gives it (see Line): its name taken from `resource`
+        where it has none, an offset within the snapshot's, a payload that is an object."""
+        if line.name is None:
+            line.name = line.resource
+        offset = line.offset
+        return (
+            line.name is not None
+            and offset is not None
+            and (self.max_offset is None or offset <= self.max_offset)
+            and is_raw_object(line.payload)
+        )
 
     def _blocks(self, chunks: Iterator[bytes]) -> Iterator[tuple[bytes, int, int]]:
         """Split the inflated stream into blocks of whole lines, `data[start:end]`: a chunk's
@@ -315,15 +317,8 @@ class SnapshotReader:
             ) from None
         except msgspec.MsgspecError:
             line = None
-        if line is not None and is_raw_object(line.payload):
-            if line.name is None:
-                line.name = line.resource
-            if (
-                line.name is not None
-                and line.offset is not None
-                and (self.max_offset is None or line.offset <= self.max_offset)
-            ):
-                return line
+        if line is not None and self._usable(line):
+            return line
         if _blank(text):
             self.blank_lines += 1
             if self.blank_lines > MAX_BLANK_LINES:
