@@ -506,11 +506,6 @@ def _decode_changes(body: bytes) -> Any:
     its changes as _Items. An answer of another shape is decoded plainly, for _parse_change to
     say what is wrong."""
     try:
-        if b"\n" in body:
-            # Indented: the payloads, passed through raw, would carry newlines into the bulk
-            # bodies, where a newline ends a document. A newline in compact JSON can only be
-            # such whitespace (in a string it is written \n), so only then is it reformatted.
-            body = msgspec.json.format(body, indent=0)
         answer = _CHANGES.decode(body)
     except msgspec.ValidationError:
         return orjson.loads(body)

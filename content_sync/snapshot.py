@@ -78,23 +78,32 @@ def content_source(offset: int, version: int, document: dict[str, Any]) -> bytes
 
 
 def encode_document(document: dict[str, Any], offset: int) -> bytes:
-    """A payload as JSON text (`offset` names it in an error).
+    """A payload as JSON text on one line (`offset` names it in an error).
 
     Parts of a patched document may still be raw JSON text (lazydoc), which msgspec splices
     verbatim; it is ~5x the standard encoder on CVE records. What it refuses (a lone surrogate
     from a \\ud800 escape, absurd nesting) goes through orjson, then the standard encoder."""
     try:
-        return _ENCODER.encode(document)
+        return _one_line(_ENCODER.encode(document))
     except (msgspec.EncodeError, TypeError, ValueError, OverflowError, RecursionError):
         pass
     try:
-        return orjson.dumps(document, default=fragment)
+        return _one_line(orjson.dumps(document, default=fragment))
     except orjson.JSONEncodeError:
         pass
     try:
         return json.dumps(decoded(document), ensure_ascii=False, separators=(",", ":")).encode()
     except RecursionError:
         raise SnapshotError(f"document at offset {offset} is nested too deeply") from None
+
+
+def _one_line(text: bytes) -> bytes:
+    """`text` with no raw newline: a bulk body ends a document at one. Raw parts spliced in
+    verbatim hold newlines when they came indented (a feed's answer, a document stored by
+    another writer: JSON allows whitespace between any two tokens). In compact JSON a newline
+    can only be such whitespace (in a string it is written \\n), so only then is it reformatted,
+    the values' text unchanged."""
+    return msgspec.json.format(text, indent=0) if b"\n" in text else text
 
 
 def offset_from_member_name(name: str) -> int | None:

@@ -673,8 +673,6 @@ def mget_documents(raw: bytes, index: str) -> dict[str, dict[str, Any]]:
     """A multi-get answer -> {id: {"offset", "version", "document"}} of the documents found,
     each document left as raw JSON (see lazydoc)."""
     try:
-        if b"\n" in raw:  # a document stored indented (not by us): see feed._decode_changes
-            raw = msgspec.json.format(raw, indent=0)
         got = _MGET.decode(raw)
     except msgspec.MsgspecError as exc:
         raise StoreError(f"multi-get answer from {index} not understood: {exc}") from None
