@@ -147,15 +147,15 @@ class BodyPool:
             buffer = self._free.pop() if self._free else None
         if buffer is None or len(buffer) < at_least:
             if buffer is not None:
-                self.give_buffer(buffer)
+                self._keep_buffer(buffer)
             buffer = bytearray(max(at_least, self._size))
         return Body(buffer)
 
     def give(self, body: Body) -> None:
         """Back to the free list: no view of the body may be alive any more."""
-        self.give_buffer(body.buffer)
+        self._keep_buffer(body.buffer)
 
-    def give_buffer(self, buffer: bytearray) -> None:
+    def _keep_buffer(self, buffer: bytearray) -> None:
         if len(buffer) <= self._keep:
             with self._lock:
                 self._free.append(buffer)
